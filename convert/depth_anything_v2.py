@@ -1,0 +1,164 @@
+"""Convert a PyTorch Depth-Anything-V2 checkpoint into a tiodepth_jax model checkpoint.
+
+    python -m convert.depth_anything_v2 --checkpoint depth_anything_v2_vitl.pth --out checkpoints/dav2_vitl
+    python -m convert.depth_anything_v2 --checkpoint small.safetensors --out ck --variant vitg --depth 4 --taps 0 1 2 3
+
+The variant (vits/vitb/vitl/vitg) is read off the tensor shapes: the embedding width picks the
+preset, the number of `pretrained.blocks.<i>` sets the depth. A trunk with fewer blocks than its
+preset needs `--taps`. The conversion is strict: any missing or unexpected tensor is an error that
+names it, unless `--allow-missing` is given (then missing parameters keep a random initialisation
+and the report lists them). Library use: `convert_state_dict({name: array}) -> (model, report)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import defaultdict
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from convert.common import (ConversionError, ConversionReport, check_params, conv_transpose_kernel, generic_leaf,
+                            path_str, read_state_dict, unflatten)
+from tiodepth_jax.checkpoint import save_model
+from tiodepth_jax.models.depth_anything_v2 import VARIANTS, DepthAnythingV2, DepthAnythingV2Config
+
+WIDTH_TO_VARIANT = {384: "vits", 768: "vitb", 1024: "vitl", 1536: "vitg"}
+IGNORED = {"pretrained.mask_token": "DINOv2 mask token, used only for masked pre-training"}
+_BLOCK = re.compile(r"^pretrained\.blocks\.(\d+)\.(.+)$")
+_CONV_TRANSPOSE = re.compile(r"^depth_head\.resize_layers\.[01]\.weight$")
+
+
+def infer_config(sd: dict[str, np.ndarray], *, variant: str | None = None, depth: int | None = None,
+                 taps: tuple[int, ...] | None = None, prefix: str = "") -> DepthAnythingV2Config:
+    """The model config a state dict was saved from; `variant`/`depth`/`taps` are checked against it."""
+    cls_key = prefix + "pretrained.cls_token"
+    if cls_key not in sd:
+        raise ConversionError(f"not a Depth-Anything-V2 checkpoint: no {cls_key!r} among {len(sd)} tensors "
+                              f"(first keys: {sorted(sd)[:5]})")
+    width = int(sd[cls_key].shape[-1])
+    found = WIDTH_TO_VARIANT.get(width)
+    if found is None:
+        raise ConversionError(f"embedding width {width} matches no Depth-Anything-V2 variant "
+                              f"({', '.join(f'{v}={w}' for w, v in WIDTH_TO_VARIANT.items())})")
+    if variant is not None and variant != found:
+        raise ConversionError(f"the checkpoint is a {found} model (embedding width {width}), not {variant}")
+    blocks = {int(m.group(1)) for k in sd if (m := _BLOCK.match(k[len(prefix):]))}
+    n_blocks = max(blocks) + 1 if blocks else 0
+    if depth is not None and depth != n_blocks:
+        raise ConversionError(f"--depth {depth} given but the checkpoint has {n_blocks} blocks")
+    preset = DepthAnythingV2Config.preset(found)
+    if n_blocks != preset.dinov2.depth and taps is None:
+        raise ConversionError(f"the checkpoint has {n_blocks} blocks, the {found} preset {preset.dinov2.depth}: "
+                              "pass the tapped blocks (--taps) for a reduced-depth trunk")
+    cfg = DepthAnythingV2Config.preset(found, depth=n_blocks, taps=taps)
+    for k, oc in enumerate(cfg.dpt.out_channels):
+        key = f"{prefix}depth_head.projects.{k}.weight"
+        if key in sd and sd[key].shape[0] != oc:
+            raise ConversionError(f"{key} has {sd[key].shape[0]} output channels; {found} expects {oc}")
+    return cfg
+
+
+def map_key(key: str, value: np.ndarray):
+    """PyTorch key -> (NNX path, array, block index or None)."""
+    m = _BLOCK.match(key)
+    block, rest = (int(m.group(1)), "pretrained.blocks." + m.group(2)) if m else (None, key)
+    parts = tuple(int(p) if p.isdigit() else p for p in rest.split("."))
+    module_path, leaf = parts[:-1], parts[-1]
+    if _CONV_TRANSPOSE.match(key):
+        return module_path + ("kernel",), conv_transpose_kernel(value), block
+    if module_path == ("pretrained",):  # cls_token, pos_embed
+        return parts, value, block
+    name, arr = generic_leaf(module_path, leaf, value)
+    return module_path + (name,), arr, block
+
+
+def convert_state_dict(sd: dict[str, np.ndarray], cfg: DepthAnythingV2Config | None = None, *,
+                       allow_missing: bool = False, **infer_kwargs):
+    """{PyTorch name: array} -> (DepthAnythingV2 with those weights, ConversionReport).
+
+    `infer_kwargs` (variant, depth, taps) go to `infer_config` when no `cfg` is given.
+    """
+    cfg = cfg or infer_config(sd, **infer_kwargs)
+    depth = cfg.dinov2.depth
+    abstract = nnx.eval_shape(lambda: DepthAnythingV2(cfg, rngs=nnx.Rngs(0)))
+    graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
+    expected = {tuple(k): tuple(v.shape) for k, v in nnx.to_flat_state(abs_params)}
+    report = ConversionReport()
+    produced, sources, per_block = {}, {}, defaultdict(dict)
+    for key, value in sd.items():
+        if key in IGNORED:
+            report.ignored[key] = IGNORED[key]
+            continue
+        try:
+            path, arr, block = map_key(key, np.asarray(value))
+        except ConversionError:
+            report.unexpected.append(key)
+            continue
+        if block is None:
+            produced[path], sources[path] = arr, (key, tuple(np.shape(value)))
+        elif block < depth and path in expected:
+            per_block[path][block] = (key, arr)
+        else:
+            report.unexpected.append(key)
+    partial = {}
+    for path, blocks in per_block.items():
+        for i, (key, arr) in blocks.items():
+            if arr.shape != expected[path][1:]:
+                raise ConversionError(f"tensor shapes do not match the model:\n  {key}: converted to {arr.shape} "
+                                      f"but the model's {path_str(path)} is {expected[path][1:]} per block")
+        if len(blocks) == depth:
+            produced[path] = np.stack([blocks[i][1] for i in range(depth)])
+        else:
+            partial[path] = blocks
+            report.missing += [key_of_block(path, i) for i in range(depth) if i not in blocks]
+    check_params({p: s for p, s in expected.items() if p not in partial}, produced, report, sources)
+    report.converted = sum(len(b) for b in per_block.values()) + sum(1 for p in produced if p in sources)
+    report.check(allow_missing, "Depth-Anything-V2 conversion")
+    values = dict(produced)
+    if report.missing:  # only with allow_missing: start from a random initialisation
+        init = {tuple(k): np.asarray(v) for k, v in nnx.to_flat_state(
+            nnx.state(DepthAnythingV2(cfg, rngs=nnx.Rngs(0)), nnx.Param))}
+        for path, blocks in partial.items():
+            values[path] = np.array(init[path])
+            for i, (_, arr) in blocks.items():
+                values[path][i] = arr
+        values.update({p: init[p] for p in expected if p not in values})
+    nnx.replace_by_pure_dict(abs_params, unflatten({p: jnp.asarray(values[p], jnp.float32) for p in expected}))
+    return nnx.merge(graphdef, abs_params, rest), report
+
+
+def key_of_block(path: tuple, i: int) -> str:
+    return path_str(path).replace("pretrained.blocks.", f"pretrained.blocks.{i}.", 1)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m convert.depth_anything_v2", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="PyTorch .pth/.pt or .safetensors file")
+    ap.add_argument("--out", required=True, help="output checkpoint directory (must not exist)")
+    ap.add_argument("--variant", choices=VARIANTS, help="check the detected variant against this one")
+    ap.add_argument("--depth", type=int, help="check the number of DINOv2 blocks")
+    ap.add_argument("--taps", type=int, nargs=4, help="tapped blocks, needed for reduced-depth trunks")
+    ap.add_argument("--allow-missing", action="store_true",
+                    help="convert even if tensors are missing or unexpected (they are listed)")
+    args = ap.parse_args(argv)
+    try:
+        sd = read_state_dict(args.checkpoint)
+        model, report = convert_state_dict(sd, variant=args.variant, depth=args.depth,
+                                           taps=tuple(args.taps) if args.taps else None,
+                                           allow_missing=args.allow_missing)
+        out = save_model(args.out, model, source={"checkpoint": str(args.checkpoint), "converter": __name__})
+    except (ConversionError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(f"wrote {model.cfg.variant} model ({model.cfg.dinov2.depth} blocks, taps {list(model.cfg.taps)}) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
