@@ -18,10 +18,14 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
+from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
+from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
 
 FORMAT = "tiodepth_jax.model/v1"
 MODEL_KINDS = {
     "depth_anything_v2": (DepthAnythingV2, DepthAnythingV2Config),
+    "tiodepth": (TiODepth, TiODepthConfig),
+    "vgg19_features": (VGG19Features, VGG19Config),
 }
 
 
@@ -76,6 +80,9 @@ def load_model(path: str | os.PathLike, *, kind: str | None = None, dtype=jnp.fl
     meta = read_model_meta(path)
     if kind is not None and meta["kind"] != kind:
         raise ValueError(f"{path} holds a {meta['kind']!r} model, not a {kind!r} model")
+    if meta.get("kind") not in MODEL_KINDS or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{path}/model.json names model kind {meta.get('kind')!r} with config "
+                         f"{type(meta.get('config')).__name__}; known kinds: {', '.join(MODEL_KINDS)}")
     cls, cfg_cls = MODEL_KINDS[meta["kind"]]
     cfg = cfg_cls.from_dict(meta["config"])
     abstract = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, remat=remat, rngs=nnx.Rngs(0)))

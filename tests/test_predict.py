@@ -1,0 +1,189 @@
+"""The inference command: preprocessing policy, batching / compile counts, outputs, errors, colour maps."""
+
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from tiodepth_jax import predict
+from tiodepth_jax.checkpoint import FORMAT, save_model
+from tiodepth_jax.colormap import SPECTRAL_HEX, colorize, get_lut, hex_to_rgb
+from tiodepth_jax.images import image_size, list_images, read_image
+from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
+from tiodepth_jax.models.dinov2 import DinoV2Config
+from tiodepth_jax.models.dpt import DPTConfig
+
+TINY = DepthAnythingV2Config(dinov2=DinoV2Config(embed_dim=32, depth=2, num_heads=2),
+                             dpt=DPTConfig(in_channels=32, features=8, out_channels=(8, 8, 8, 8)),
+                             taps=(0, 1, 0, 1))
+SIZES = {"a": (30, 50), "b": (30, 50), "c": (30, 50), "d": (45, 40)}  # network shapes (28, 42) x3, (28, 28)
+
+
+def tiny_model() -> DepthAnythingV2:
+    """TINY with its last bias at 1, so that depth is mostly positive rather than cut to 0 by the ReLU."""
+    model = DepthAnythingV2(TINY, rngs=nnx.Rngs(0))
+    model.depth_head.scratch.output_conv2[2].bias[...] = 1.0
+    return model
+
+
+def write_rgb(path, h, w, seed=0):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_model(tmp_path_factory.mktemp("ckpt") / "tiny", tiny_model())
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    for k, (name, (h, w)) in enumerate(SIZES.items()):
+        write_rgb(folder / f"{name}.png", h, w, seed=k)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+@pytest.mark.parametrize("hw, size, expected", [
+    ((240, 320), 518, (518, 686)),    # w: 320 * 518/240 / 14 = 49.33 -> 49 * 14
+    ((1080, 1920), 518, (518, 924)),  # w: 1920 * 518/1080 / 14 = 65.78 -> 66 * 14
+    ((30, 50), 28, (28, 42)),         # w: 50 * 28/30 / 14 = 3.33 -> 3 * 14
+    ((45, 40), 28, (28, 28)),         # scale 28/40; h: 31.5 / 14 = 2.25 -> 2 * 14
+    ((28, 49), 28, (28, 56)),         # w: 49 / 14 = 3.5 -> 4 (round half to even)
+    ((28, 35), 28, (28, 28)),         # w: 35 / 14 = 2.5 -> 2 (round half to even)
+    ((100, 100), 20, (28, 28)),       # 20 / 14 rounds to 14 < 20 -> ceil -> 28
+])
+def test_network_input_shape(hw, size, expected):
+    assert predict.network_input_shape(*hw, size) == expected
+
+
+def test_plan_batches_one_batch_size_per_shape():
+    sizes = [(30, 50), (45, 40), (30, 50), (30, 50)]
+    batches = predict.plan_batches(sizes, input_size=28, batch_size=2)
+    assert [(b.shape, b.indices, b.padded_size) for b in batches] == [
+        ((28, 42), (0, 2), 2), ((28, 42), (3,), 2), ((28, 28), (1,), 1)]
+
+
+def test_preprocess_normalises():
+    image = np.full((30, 50, 3), 0.5, np.float32)
+    x = predict.preprocess(image, (28, 42))
+    assert x.shape == (28, 42, 3) and x.dtype == np.float32
+    np.testing.assert_allclose(x[5, 5], (0.5 - predict.IMAGENET_MEAN) / predict.IMAGENET_STD, rtol=1e-5)
+
+
+def test_predict_files_shapes_outputs_and_compile_count(checkpoint, image_dir, tmp_path):
+    predictor = predict.load_predictor(checkpoint)
+    paths = list_images([image_dir])
+    assert [p.name for p in paths] == ["a.png", "b.png", "c.png", "d.png"]
+    predict.predict_files(predictor, paths, tmp_path, input_size=28, batch_size=2)
+    assert predictor.num_traces == 2  # (2, 28, 42) for a,b and padded c; (1, 28, 28) for d
+    for name, hw in SIZES.items():
+        depth = np.load(tmp_path / f"{name}.npy")
+        assert depth.shape == hw and depth.dtype == np.float32
+        assert np.isfinite(depth).all() and (depth >= 0).all()
+        assert read_image(tmp_path / f"{name}.png").shape == (*hw, 3)
+    predict.predict_files(predictor, paths, tmp_path / "again", input_size=28, batch_size=2, png=False)
+    assert predictor.num_traces == 2
+    assert not list((tmp_path / "again").glob("*.png"))
+    np.testing.assert_array_equal(np.load(tmp_path / "again" / "c.npy"), np.load(tmp_path / "c.npy"))
+
+
+def test_main_float32_and_bfloat16_agree(checkpoint, image_dir, tmp_path, capsys):
+    for dtype in ("float32", "bfloat16"):
+        argv = ["--checkpoint", str(checkpoint), "--input", str(image_dir / "a.png"), str(image_dir / "b.png"),
+                "--out", str(tmp_path / dtype), "--input-size", "42", "--batch-size", "4", "--dtype", dtype]
+        assert predict.main(argv) == 0
+    assert "wrote 2 depth map(s)" in capsys.readouterr().out
+    for name in ("a", "b"):
+        f32, bf16 = (np.load(tmp_path / dtype / f"{name}.npy") for dtype in ("float32", "bfloat16"))
+        assert f32.shape == bf16.shape == SIZES[name] and f32.std() > 0
+        np.testing.assert_allclose(bf16, f32, rtol=0.03, atol=1e-3)  # bf16 keeps ~3 digits
+
+
+def run_main_error(argv, capsys) -> str:
+    assert predict.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    return captured.err
+
+
+def test_undecodable_image_is_named(checkpoint, tmp_path, capsys):
+    write_rgb(tmp_path / "good.png", 30, 50)
+    (tmp_path / "x.png").write_bytes(b"\x00garbage, not a png" * 10)
+    err = run_main_error(["--checkpoint", str(checkpoint), "--input", str(tmp_path), "--out", str(tmp_path / "o")],
+                         capsys)
+    assert "x.png" in err and "cannot decode" in err
+    assert not (tmp_path / "o" / "good.npy").exists()  # headers are checked before anything runs
+
+
+def test_input_errors(checkpoint, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    base = ["--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), "--input"]
+    assert "empty" in run_main_error(base + [str(tmp_path / "empty")], capsys)
+    assert "missing.jpg" in run_main_error(base + [str(tmp_path / "missing.jpg")], capsys)
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        write_rgb(tmp_path / folder / "img.png", 20, 20)
+    err = run_main_error(base + [str(tmp_path / "one"), str(tmp_path / "two")], capsys)
+    assert "one/img.png" in err and "two/img.png" in err
+    in_place = ["--checkpoint", str(checkpoint), "--input", str(tmp_path / "one"), "--out", str(tmp_path / "one")]
+    assert "would overwrite an input" in run_main_error(in_place, capsys)
+
+
+def test_checkpoint_errors(tmp_path, capsys):
+    write_rgb(tmp_path / "img.png", 20, 20)
+    argv = ["--input", str(tmp_path / "img.png"), "--out", str(tmp_path / "o"), "--checkpoint"]
+    assert "not a tiodepth_jax model checkpoint" in run_main_error(argv + [str(tmp_path)], capsys)
+    other = tmp_path / "stereo"
+    (other / "params").mkdir(parents=True)
+    (other / "model.json").write_text(json.dumps({"format": FORMAT, "kind": "tiodepth_stereo", "config": {}}))
+    assert "'tiodepth_stereo'" in run_main_error(argv + [str(other)], capsys)
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert predict.main(["--demo", "--out", str(tmp_path), "--input-size", "28", "--batch-size", "2"]) == 0
+    assert "RANDOM weights" in capsys.readouterr().out
+    for k in range(predict.DEMO_NUM_IMAGES):
+        depth = np.load(tmp_path / f"demo_{k}.npy")
+        assert depth.shape == predict.DEMO_IMAGE_HW and np.isfinite(depth).all()
+        assert read_image(tmp_path / f"demo_{k}.png").shape == (*predict.DEMO_IMAGE_HW, 3)
+
+
+def test_list_and_read_images(tmp_path):
+    write_rgb(tmp_path / "B.JPG", 8, 6)
+    Image.fromarray(np.full((5, 7), 128, np.uint8)).save(tmp_path / "a.png")          # greyscale
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(tmp_path / "c16.png")     # 16-bit
+    Image.fromarray(np.zeros((3, 3, 4), np.uint8)).save(tmp_path / "d.webp")          # RGBA
+    paths = list_images([tmp_path, tmp_path / "a.png"])
+    assert [p.name for p in paths] == ["B.JPG", "a.png", "c16.png", "d.webp"]
+    grey = read_image(tmp_path / "a.png")
+    assert grey.shape == (5, 7, 3) and grey.dtype == np.float32
+    np.testing.assert_allclose(grey, 128 / 255)
+    np.testing.assert_allclose(read_image(tmp_path / "c16.png"), 1.0)
+    assert read_image(tmp_path / "d.webp").shape == (3, 3, 3)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: width and height swap
+    Image.fromarray(np.zeros((4, 9, 3), np.uint8)).save(tmp_path / "rot.jpg", exif=exif)
+    assert image_size(tmp_path / "rot.jpg") == read_image(tmp_path / "rot.jpg").shape[:2] == (9, 4)
+
+
+def test_colormap_matches_colorbrewer_and_handles_degenerate_input():
+    spectral, spectral_r = get_lut("spectral"), get_lut("Spectral_r")
+    assert spectral.shape == (256, 3) and spectral.dtype == np.uint8
+    assert tuple(spectral[0]) == hex_to_rgb(SPECTRAL_HEX[0]) and tuple(spectral[-1]) == hex_to_rgb(SPECTRAL_HEX[-1])
+    assert tuple(spectral_r[0]) == hex_to_rgb(SPECTRAL_HEX[-1]) and tuple(spectral_r[-1]) == hex_to_rgb(SPECTRAL_HEX[0])
+    # Piecewise-linear through the 11 colours at x = i / 255, truncated to bytes.
+    anchors = np.array([hex_to_rgb(c) for c in SPECTRAL_HEX], np.float64)
+    x = np.linspace(0, 1, 256)
+    ref = np.stack([np.interp(x, np.linspace(0, 1, 11), anchors[:, c]) for c in range(3)], axis=-1)
+    assert np.abs(spectral - ref).max() <= 1 and np.abs(spectral_r - ref[::-1]).max() <= 1
+
+    ramp = np.linspace(0.0, 3.0, 12, dtype=np.float32).reshape(3, 4)
+    rgb = colorize(ramp)
+    assert rgb.shape == (3, 4, 3) and rgb.dtype == np.uint8
+    assert tuple(rgb[0, 0]) == tuple(spectral_r[0]) and tuple(rgb[-1, -1]) == tuple(spectral_r[255])
+    np.testing.assert_array_equal(colorize(np.full((4, 5), 7.0)), np.broadcast_to(spectral_r[0], (4, 5, 3)))
+    special = colorize(np.array([[0.0, 1.0, np.nan, np.inf, -np.inf]]), cmap="gray")
+    assert special[0, :, 0].tolist() == [0, 255, 0, 255, 0]

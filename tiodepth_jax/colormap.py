@@ -1,0 +1,107 @@
+"""Colour maps for depth visualisation, bit-exact with matplotlib and Depth-Anything-V2's `run.py`.
+
+`colorize(depth)` reproduces run.py's colour PNGs without a matplotlib dependency:
+
+    depth = (depth - depth.min()) / (depth.max() - depth.min()) * 255.0   # float32
+    depth = depth.astype(np.uint8)                                          # LUT index, truncated
+    rgb = (cmap(depth)[:, :, :3] * 255).astype(np.uint8)                    # cmap = 'Spectral_r'
+
+'spectral' is matplotlib's 'Spectral': `LinearSegmentedColormap.from_list` through the 11 ColorBrewer
+colours, equally spaced, with matplotlib's 256-entry lookup-table construction
+(`colors._create_lookup_table`); '_r' reverses the segment data as `LinearSegmentedColormap.reversed`
+does. 'gray' is the identity ramp of run.py's `--grayscale`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LUT_SIZE = 256
+SPECTRAL_HEX = ("#9e0142", "#d53e4f", "#f46d43", "#fdae61", "#fee08b", "#ffffbf",
+                "#e6f598", "#abdda4", "#66c2a5", "#3288bd", "#5e4fa2")
+NAN_COLOR = (0, 0, 0)
+
+
+def hex_to_rgb(code: str) -> tuple[int, int, int]:
+    """'#rrggbb' -> (r, g, b) in 0..255."""
+    return tuple(int(code[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def _lookup_table(x, y0, y1, n: int = LUT_SIZE) -> np.ndarray:
+    """matplotlib's `_create_lookup_table` (gamma 1) for one channel's (x, y0, y1) segments -> (n,) float64."""
+    x = x * (n - 1)
+    xind = (n - 1) * np.linspace(0, 1, n)
+    ind = np.searchsorted(x, xind)[1:-1]
+    distance = (xind[1:-1] - x[ind - 1]) / (x[ind] - x[ind - 1])
+    lut = np.concatenate([[y1[0]], distance * (y0[ind] - y1[ind - 1]) + y1[ind - 1], [y0[-1]]])
+    return np.clip(lut, 0.0, 1.0)
+
+
+def segmented_lut(colors_hex, *, reverse: bool = False, n: int = LUT_SIZE) -> np.ndarray:
+    """`LinearSegmentedColormap.from_list(colors)` (optionally `.reversed()`) as an (n, 3) uint8 table.
+
+    Bytes are `(lut * 255).astype(np.uint8)`, matplotlib's `bytes=True` and run.py's conversion.
+    """
+    rgb = np.array([hex_to_rgb(c) for c in colors_hex], np.float64) / 255.0  # (K, 3)
+    x = np.linspace(0, 1, len(colors_hex))
+    channels = []
+    for y in rgb.T:
+        if reverse:  # LinearSegmentedColormap.reversed: [(1 - x, y1, y0) for x, y0, y1 in reversed(data)]
+            channels.append(_lookup_table(1.0 - x[::-1], y[::-1], y[::-1], n))
+        else:
+            channels.append(_lookup_table(x, y, y, n))
+    return (np.stack(channels, axis=-1) * 255).astype(np.uint8)
+
+
+def _gray_lut() -> np.ndarray:
+    ramp = np.arange(LUT_SIZE, dtype=np.uint8)
+    return np.stack([ramp] * 3, axis=-1)
+
+
+CMAPS = {
+    "spectral": lambda: segmented_lut(SPECTRAL_HEX),
+    "spectral_r": lambda: segmented_lut(SPECTRAL_HEX, reverse=True),
+    "gray": _gray_lut,
+    "gray_r": lambda: _gray_lut()[::-1],
+}
+
+
+def get_lut(name: str) -> np.ndarray:
+    """(256, 3) uint8 lookup table of a colour map, by case-insensitive name."""
+    key = name.lower()
+    if key not in CMAPS:
+        raise ValueError(f"unknown colour map {name!r}; known: {', '.join(CMAPS)}")
+    return CMAPS[key]()
+
+
+def lut_indices(values, *, vmin=None, vmax=None) -> np.ndarray:
+    """Quantise values to LUT indices 0..255 the way run.py does: floor((v - vmin) / (vmax - vmin) * 255).
+
+    vmin / vmax default to the min / max of the finite values. Values outside [vmin, vmax] and +-inf
+    clip to the ends; a constant image (vmax == vmin) maps to index 0. NaN maps to index 0 here
+    (`colorize` paints it `NAN_COLOR`). Arithmetic is float32, as run.py's on a float32 depth map.
+    """
+    v = np.asarray(values, np.float32)
+    finite = np.isfinite(v)
+    if vmin is None:
+        vmin = v[finite].min() if finite.any() else 0.0
+    if vmax is None:
+        vmax = v[finite].max() if finite.any() else 0.0
+    vmin, vmax = np.float32(vmin), np.float32(vmax)
+    span = vmax - vmin
+    if not np.isfinite(span) or span <= 0:
+        return np.zeros(v.shape, np.uint8)
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = (v - vmin) / span * np.float32(255.0)
+    scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def colorize(values, *, vmin=None, vmax=None, cmap: str = "spectral_r") -> np.ndarray:
+    """(H, W) values -> (H, W, 3) uint8 RGB through colour map `cmap` (see `lut_indices` for the scaling)."""
+    values = np.asarray(values)
+    if values.ndim != 2:
+        raise ValueError(f"colorize expects an (H, W) array, got shape {values.shape}")
+    rgb = get_lut(cmap)[lut_indices(values, vmin=vmin, vmax=vmax)]
+    rgb[np.isnan(values)] = NAN_COLOR
+    return rgb

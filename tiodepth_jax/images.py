@@ -1,0 +1,108 @@
+"""Image files in and depth maps out: listing, decoding to float RGB, and writing .npy / .png results."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tiodepth_jax.colormap import colorize
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(paths) -> list[Path]:
+    """Expand files and folders (not recursively) into image files, in the order given, each folder sorted.
+
+    A file is taken as given, whatever its extension; a folder contributes its files with an image
+    extension (case-insensitive). A file reached twice is listed once. Raises FileNotFoundError for a
+    path that does not exist and ValueError for a folder without images.
+    """
+    images = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if is_image_file(f))
+            if not found:
+                raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {p}")
+            images.extend(found)
+        elif p.is_file():
+            images.append(p)
+        else:
+            raise FileNotFoundError(f"input {p} does not exist")
+    seen, unique = set(), []
+    for f in images:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique
+
+
+_DECODE_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError)
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # the EXIF orientations that swap width and height
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of the image `read_image` returns, from the file header only (no pixel decoding).
+
+    Raises ValueError naming the file when PIL cannot identify it.
+    """
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            # A PNG whose eXIf chunk follows the pixel data would need a full decode to find it: skipped.
+            header_exif = img.format != "PNG" or "exif" in img.info
+            if header_exif and img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
+                w, h = h, w
+    except _DECODE_ERRORS as e:
+        raise ValueError(f"cannot decode image {path}: {e}") from e
+    return h, w
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image to float32 RGB (H, W, 3) in [0, 1].
+
+    EXIF orientation is applied (as `cv2.imread` does). 16-bit greyscale is scaled by 1/65535; every
+    other mode goes through PIL's RGB conversion (alpha dropped, greyscale replicated, palettes expanded).
+    Raises ValueError naming the file when PIL cannot decode it.
+    """
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                grey = np.asarray(img, np.float32) / 65535.0  # (H, W)
+                return np.repeat(grey[..., None], 3, axis=-1)
+            return np.asarray(img.convert("RGB"), np.float32) / 255.0
+    except _DECODE_ERRORS as e:
+        raise ValueError(f"cannot decode image {path}: {e}") from e
+
+
+def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 RGB or (H, W) uint8 greyscale array as PNG."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim not in (2, 3):
+        raise ValueError(f"write_png expects (H, W[, 3]) uint8, got {rgb.dtype} {rgb.shape}")
+    Image.fromarray(rgb).save(path, format="PNG")
+
+
+def save_depth_outputs(out_dir: str | os.PathLike, stem: str, depth: np.ndarray, *, png: bool = True,
+                       cmap: str = "spectral_r") -> list[Path]:
+    """Write `<stem>.npy` (float32 (H, W)) and, with `png`, `<stem>.png` (colour-mapped, per-image
+    min/max normalised). Returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    depth = np.asarray(depth, np.float32)
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
+    written = [out_dir / f"{stem}.npy"]
+    np.save(written[0], depth)
+    if png:
+        written.append(out_dir / f"{stem}.png")
+        write_png(written[1], colorize(depth, cmap=cmap))
+    return written
