@@ -114,9 +114,9 @@ def _gather(x, iy, ix):
 
     x: (B, H, W, C), iy, ix: (B, Ho, Wo) int32 -> (B, Ho, Wo, C).
     """
-    _, h, w, _ = x.shape
+    b, h, w, c = x.shape
     valid = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
-    flat = jnp.where(valid, iy * w + ix, 0)  # (B, Ho, Wo)
-    x_flat = x.reshape(x.shape[0], h * w, x.shape[3])  # (B, H*W, C)
-    values = jax.vmap(lambda img, idx: jnp.take(img, idx, axis=0, mode="clip"))(x_flat, flat)
+    batch = jnp.arange(b, dtype=jnp.int32).reshape((b,) + (1,) * (iy.ndim - 1))
+    flat = jnp.where(valid, (batch * h + iy) * w + ix, 0)  # (B, Ho, Wo) rows of x.reshape(B*H*W, C)
+    values = jnp.take(x.reshape(b * h * w, c), flat, axis=0, mode="clip")  # (B, Ho, Wo, C)
     return jnp.where(valid[..., None], values, 0)
