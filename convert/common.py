@@ -12,7 +12,9 @@ import dataclasses
 import zipfile
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 WRAPPER_KEYS = ("model", "state_dict", "model_params", "module")
 
@@ -177,3 +179,64 @@ def unflatten(flat: dict[tuple, np.ndarray]) -> dict:
             node = node.setdefault(p, {})
         node[path[-1]] = value
     return tree
+
+
+def convert_tensors(model_fn, sd: dict[str, np.ndarray], map_key, *, ignored: dict[str, str], allow_missing: bool,
+                    what: str, source_name=None):
+    """Build `model_fn()` with the tensors of `sd`; return (model, ConversionReport).
+
+    `map_key(key, value)` gives (variable path, converted array, block index or None) or raises
+    ConversionError for a key the model has no place for. A block index puts the array into slot i of a
+    stacked (scanned) variable, whose leading axis is the block. Parameters and BatchNorm statistics are
+    both filled. Strict unless `allow_missing`; then missing entries keep `model_fn()`'s initialisation.
+    `source_name(path, block)` names a missing variable the way the checkpoint would (default: its path).
+    """
+    source_name = source_name or (lambda path, block: path_str(path) + ("" if block is None else f"[block {block}]"))
+    abstract = nnx.eval_shape(model_fn)
+    graphdef, state = nnx.split(abstract)
+    expected = {tuple(k): tuple(v.shape) for k, v in nnx.to_flat_state(state)}
+    report = ConversionReport()
+    produced, sources, per_block = {}, {}, {}
+    for key, value in sd.items():
+        if key in ignored:
+            report.ignored[key] = ignored[key]
+            continue
+        try:
+            path, arr, block = map_key(key, np.asarray(value))
+        except ConversionError:
+            report.unexpected.append(key)
+            continue
+        if block is None:
+            produced[path], sources[path] = arr, (key, tuple(np.shape(value)))
+        elif path in expected and block < expected[path][0]:
+            if arr.shape != expected[path][1:]:
+                raise ConversionError(f"tensor shapes do not match the model:\n  {key} {np.shape(value)}: "
+                                      f"converted to {arr.shape} but the model's {path_str(path)} is "
+                                      f"{expected[path][1:]} per block")
+            per_block.setdefault(path, {})[block] = arr
+        else:
+            report.unexpected.append(key)
+    partial = {}
+    for path, blocks in per_block.items():
+        n = expected[path][0]
+        if len(blocks) == n:
+            produced[path] = np.stack([blocks[i] for i in range(n)])
+        else:
+            partial[path] = blocks
+            report.missing += [source_name(path, i) for i in range(n) if i not in blocks]
+    n_missing = len(report.missing)
+    check_params({p: s for p, s in expected.items() if p not in partial}, produced, report, sources)
+    report.missing[n_missing:] = sorted(source_name(p, None) for p in expected if p not in produced and p not in partial)
+    report.converted = sum(len(b) for b in per_block.values()) + sum(1 for p in produced if p in sources)
+    report.check(allow_missing, what)
+    values = dict(produced)
+    if report.missing:  # only with allow_missing: start from the model's own initialisation
+        init = {tuple(k): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model_fn()))}
+        for path, blocks in partial.items():
+            values[path] = np.array(init[path])
+            for i, arr in blocks.items():
+                values[path][i] = arr
+        values.update({p: init[p] for p in expected if p not in values})
+    dtypes = {tuple(k): v.dtype for k, v in nnx.to_flat_state(state)}
+    nnx.replace_by_pure_dict(state, unflatten({p: jnp.asarray(values[p], dtypes[p]) for p in expected}))
+    return nnx.merge(graphdef, state), report

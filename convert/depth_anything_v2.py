@@ -15,14 +15,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections import defaultdict
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convert.common import (ConversionError, ConversionReport, check_params, conv_transpose_kernel, generic_leaf,
-                            path_str, read_state_dict, unflatten)
+from convert.common import (ConversionError, conv_transpose_kernel, convert_tensors, generic_leaf,
+                            read_state_dict)
 from tiodepth_jax.checkpoint import save_model
 from tiodepth_jax.models.depth_anything_v2 import VARIANTS, DepthAnythingV2, DepthAnythingV2Config
 
@@ -76,6 +74,16 @@ def map_key(key: str, value: np.ndarray):
     return module_path + (name,), arr, block
 
 
+def torch_key(path: tuple, block: int | None) -> str:
+    """The PyTorch name of a model variable (the inverse of `map_key`), for reports."""
+    names = [str(p) for p in path]
+    if names[-1] in ("kernel", "scale"):
+        names[-1] = "weight"
+    if block is not None:
+        names.insert(names.index("blocks") + 1, str(block))
+    return ".".join(names)
+
+
 def convert_state_dict(sd: dict[str, np.ndarray], cfg: DepthAnythingV2Config | None = None, *,
                        allow_missing: bool = False, **infer_kwargs):
     """{PyTorch name: array} -> (DepthAnythingV2 with those weights, ConversionReport).
@@ -83,56 +91,8 @@ def convert_state_dict(sd: dict[str, np.ndarray], cfg: DepthAnythingV2Config | N
     `infer_kwargs` (variant, depth, taps) go to `infer_config` when no `cfg` is given.
     """
     cfg = cfg or infer_config(sd, **infer_kwargs)
-    depth = cfg.dinov2.depth
-    abstract = nnx.eval_shape(lambda: DepthAnythingV2(cfg, rngs=nnx.Rngs(0)))
-    graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
-    expected = {tuple(k): tuple(v.shape) for k, v in nnx.to_flat_state(abs_params)}
-    report = ConversionReport()
-    produced, sources, per_block = {}, {}, defaultdict(dict)
-    for key, value in sd.items():
-        if key in IGNORED:
-            report.ignored[key] = IGNORED[key]
-            continue
-        try:
-            path, arr, block = map_key(key, np.asarray(value))
-        except ConversionError:
-            report.unexpected.append(key)
-            continue
-        if block is None:
-            produced[path], sources[path] = arr, (key, tuple(np.shape(value)))
-        elif block < depth and path in expected:
-            per_block[path][block] = (key, arr)
-        else:
-            report.unexpected.append(key)
-    partial = {}
-    for path, blocks in per_block.items():
-        for i, (key, arr) in blocks.items():
-            if arr.shape != expected[path][1:]:
-                raise ConversionError(f"tensor shapes do not match the model:\n  {key}: converted to {arr.shape} "
-                                      f"but the model's {path_str(path)} is {expected[path][1:]} per block")
-        if len(blocks) == depth:
-            produced[path] = np.stack([blocks[i][1] for i in range(depth)])
-        else:
-            partial[path] = blocks
-            report.missing += [key_of_block(path, i) for i in range(depth) if i not in blocks]
-    check_params({p: s for p, s in expected.items() if p not in partial}, produced, report, sources)
-    report.converted = sum(len(b) for b in per_block.values()) + sum(1 for p in produced if p in sources)
-    report.check(allow_missing, "Depth-Anything-V2 conversion")
-    values = dict(produced)
-    if report.missing:  # only with allow_missing: start from a random initialisation
-        init = {tuple(k): np.asarray(v) for k, v in nnx.to_flat_state(
-            nnx.state(DepthAnythingV2(cfg, rngs=nnx.Rngs(0)), nnx.Param))}
-        for path, blocks in partial.items():
-            values[path] = np.array(init[path])
-            for i, (_, arr) in blocks.items():
-                values[path][i] = arr
-        values.update({p: init[p] for p in expected if p not in values})
-    nnx.replace_by_pure_dict(abs_params, unflatten({p: jnp.asarray(values[p], jnp.float32) for p in expected}))
-    return nnx.merge(graphdef, abs_params, rest), report
-
-
-def key_of_block(path: tuple, i: int) -> str:
-    return path_str(path).replace("pretrained.blocks.", f"pretrained.blocks.{i}.", 1)
+    return convert_tensors(lambda: DepthAnythingV2(cfg, rngs=nnx.Rngs(0)), sd, map_key, ignored=IGNORED,
+                           allow_missing=allow_missing, what="Depth-Anything-V2 conversion", source_name=torch_key)
 
 
 def main(argv=None) -> int:

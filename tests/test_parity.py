@@ -1,56 +1,24 @@
 """Parity with the PyTorch originals on every fixture set found in $TIODEPTH_FIXTURES.
 
 Each set is dispatched on its `family`; a family this suite does not know yet is skipped by name.
-Weights are regenerated with the fixtures' recipe and go through the real converter.
+Weights are regenerated with the fixtures' recipe and go through the real converters.
 """
 
 from __future__ import annotations
 
-import jax
-import numpy as np
 import pytest
-from flax import nnx
 
-from convert.depth_anything_v2 import convert_state_dict
-from tests.parity import FIXTURES_DIR, FixtureSet, discover, failures_table, nchw
-from tiodepth_jax.models.dinov2 import interpolate_pos_embed
+from tests import parity_dav2, parity_tio
+from tests.parity import FIXTURES_DIR, FixtureSet, discover
 
-
-def depth_anything_v2_cases(fs: FixtureSet):
-    """One case per stored input size."""
-    return [n[: -len("/input")] for n in fs.names() if n.endswith("/input")]
-
-
-def check_depth_anything_v2(fs: FixtureSet, size: str):
-    cfg = fs.meta["config"]
-    model, report = convert_state_dict(fs.state_dict(), variant=cfg["constructor_args"]["encoder"],
-                                       taps=tuple(cfg["intermediate_layer_idx"]))
-    assert not report.missing and not report.unexpected
-
-    @nnx.jit
-    def run(model, x):
-        inter = model.intermediate_layers(x)
-        pos = interpolate_pos_embed(model.pretrained.pos_embed[...], model.grid(x), model.cfg.dinov2)
-        return inter, pos, model.stage_outputs(x)
-
-    x = fs.whole(f"{size}/input").transpose(0, 2, 3, 1)  # NCHW -> NHWC
-    inter, pos, stages = jax.device_get(run(model, x))
-    ours = {f"{size}/pos_embed_interp": pos, f"{size}/depth": stages.pop("depth")}
-    for i, (tokens, cls) in enumerate(inter):
-        ours[f"{size}/inter/layer{i}/tokens"] = tokens
-        ours[f"{size}/inter/layer{i}/cls"] = cls
-    ours.update({f"{size}/head/{k}": nchw(v) for k, v in stages.items()})
-    expected = [n for n in fs.names(size + "/") if n != f"{size}/input"]
-    assert sorted(expected) == sorted(ours), f"arrays not produced: {sorted(set(expected) - set(ours))}"
-    results = [fs.compare(n, ours[n]) for n in expected]
-    worst = max(results, key=lambda c: c.rel_l2 / c.tol)
-    print(f"{fs.name} {size}: {len(results)} arrays, worst {worst.name} rel L2 {worst.rel_l2:.2e} (tol {worst.tol:.0e})")
-    assert all(c.ok for c in results), f"{fs.name} {size} parity failures:\n" + failures_table(results)
-
-
-FAMILIES = {
-    "Depth-Anything-V2": (depth_anything_v2_cases, check_depth_anything_v2),
+FAMILIES = {  # family name prefix -> runner module with cases(fs) and check(fs, case)
+    "Depth-Anything-V2": parity_dav2,
+    "TiO-Depth": parity_tio,
 }
+
+
+def runner(fs: FixtureSet):
+    return next((r for prefix, r in FAMILIES.items() if fs.family.startswith(prefix)), None)
 
 
 def _params():
@@ -61,16 +29,14 @@ def _params():
     params = []
     for meta_path in sets:
         fs = FixtureSet(meta_path)
-        if fs.family not in FAMILIES:
+        if runner(fs) is None:
             params.append(pytest.param(fs, None, id=fs.name, marks=pytest.mark.skip(
                 reason=f"fixture set {fs.name}: model family {fs.family!r} is not supported by this suite yet")))
             continue
-        cases, _ = FAMILIES[fs.family]
-        params += [pytest.param(fs, case, id=f"{fs.name}-{case}") for case in cases(fs)]
+        params += [pytest.param(fs, case, id=f"{fs.name}-{case}") for case in runner(fs).cases(fs)]
     return params
 
 
 @pytest.mark.parametrize("fixture_set, case", _params())
 def test_parity(fixture_set: FixtureSet, case):
-    _, check = FAMILIES[fixture_set.family]
-    check(fixture_set, case)
+    runner(fixture_set).check(fixture_set, case)

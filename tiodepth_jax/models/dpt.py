@@ -100,13 +100,17 @@ class FeatureFusionBlock(nnx.Module):
 
 
 class Scratch(nnx.Module):
-    def __init__(self, cfg: DPTConfig, *, dtype, rngs: nnx.Rngs):
+    """`layer<k>_rn` 3x3 convs to `features` channels; unless `pyramid_only`, the fusion and output layers."""
+
+    def __init__(self, cfg: DPTConfig, *, pyramid_only: bool, dtype, rngs: nnx.Rngs):
         f = cfg.features
         oc = cfg.out_channels
         self.layer1_rn = conv(oc[0], f, 3, padding=1, use_bias=False, dtype=dtype, rngs=rngs)
         self.layer2_rn = conv(oc[1], f, 3, padding=1, use_bias=False, dtype=dtype, rngs=rngs)
         self.layer3_rn = conv(oc[2], f, 3, padding=1, use_bias=False, dtype=dtype, rngs=rngs)
         self.layer4_rn = conv(oc[3], f, 3, padding=1, use_bias=False, dtype=dtype, rngs=rngs)
+        if pyramid_only:
+            return
         self.refinenet1 = FeatureFusionBlock(f, dtype=dtype, rngs=rngs)
         self.refinenet2 = FeatureFusionBlock(f, dtype=dtype, rngs=rngs)
         self.refinenet3 = FeatureFusionBlock(f, dtype=dtype, rngs=rngs)
@@ -120,9 +124,12 @@ class Scratch(nnx.Module):
 
 
 class DPTHead(nnx.Module):
-    """Depth-Anything-V2 DPT head (use_bn False, use_clstoken False)."""
+    """Depth-Anything-V2 DPT head (use_bn False, use_clstoken False).
 
-    def __init__(self, cfg: DPTConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    `pyramid_only` builds just what `pyramid` needs (the TiO-Depth encoder): no refinenets, no output convs.
+    """
+
+    def __init__(self, cfg: DPTConfig, *, pyramid_only: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
         oc = cfg.out_channels
         self.dtype = dtype
         self.projects = nnx.List([conv(cfg.in_channels, c, 1, dtype=dtype, rngs=rngs) for c in oc])
@@ -132,7 +139,7 @@ class DPTHead(nnx.Module):
             Identity(),
             conv(oc[3], oc[3], 3, stride=2, padding=1, dtype=dtype, rngs=rngs),
         ])
-        self.scratch = Scratch(cfg, dtype=dtype, rngs=rngs)
+        self.scratch = Scratch(cfg, pyramid_only=pyramid_only, dtype=dtype, rngs=rngs)
 
     def stages(self, tokens, grid_hw: tuple[int, int]):
         """Per-tap `projects` and `resize_layers` outputs: tokens (B, gh*gw, D) -> maps at 4g, 2g, g, ceil(g/2)."""
