@@ -26,7 +26,7 @@ from convert.common import ConversionError, convert_tensors, generic_leaf, read_
 from tiodepth_jax.checkpoint import save_model
 from tiodepth_jax.models.decoder import DPDecoder
 from tiodepth_jax.models.depth_anything_v2 import VARIANTS
-from tiodepth_jax.models.encoder import NORMALISATIONS
+from tiodepth_jax.models.encoder import NORMALISATIONS, TiOEncoder
 from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
 
 _CONVS = re.compile(r"^1\._convs\.(\d+)\.(.+)$")
@@ -117,6 +117,23 @@ def convert_state_dict(sd: dict[str, np.ndarray], cfg: TiODepthConfig | None = N
     cfg = cfg or infer_config(sd, **settings)
     return convert_tensors(lambda: TiODepth(cfg, rngs=nnx.Rngs(0)), sd, make_map_key(cfg), ignored=ignored_keys(sd),
                            allow_missing=allow_missing, what="TiO-Depth conversion", source_name=make_torch_key(cfg))
+
+
+def encoder_from_depth_anything_v2(sd: dict[str, np.ndarray], cfg: TiODepthConfig, *, allow_missing: bool = False):
+    """A TiO-Depth encoder initialised from a Depth-Anything-V2 state dict (`pretrained.*`, `depth_head.*`).
+
+    The checkpoint's variant must be the config's; its DPT fusion and output layers are ignored.
+    Returns (TiOEncoder, ConversionReport); put it into a model with `nnx.update(model.encoder, nnx.state(enc))`.
+    """
+    found = dav2.infer_config(sd, taps=cfg.encoder_config().taps)
+    want = cfg.encoder_config()
+    if (found.variant, found.dinov2.depth) != (want.variant, want.dinov2.depth):
+        raise ConversionError(f"the checkpoint is a {found.variant} model with {found.dinov2.depth} blocks; "
+                              f"the config needs {want.variant} with {want.dinov2.depth}")
+    ignored = {k[2:]: why for k, why in ignored_keys({"0." + k: v for k, v in sd.items()}).items()}
+    return convert_tensors(lambda: TiOEncoder(want, normalisation=cfg.normalisation, rngs=nnx.Rngs(0)), sd,
+                           dav2.map_key, ignored=ignored, allow_missing=allow_missing,
+                           what="Depth-Anything-V2 -> TiO-Depth encoder", source_name=dav2.torch_key)
 
 
 def main(argv=None) -> int:

@@ -79,19 +79,27 @@ class FixtureSet:
         sens = self.entries[name].get("sensitivity") or e.get("sensitivity") or {}
         return max(floor, 10.0 * sens.get("rel_l2", 0.0))
 
-    def compare(self, name: str, ours, tol: float | None = None) -> Comparison:
-        """Relative L2 error of `ours` (laid out like the reference) against the stored array."""
+    def compare(self, name: str, ours, tol: float | None = None, keep=None) -> Comparison:
+        """Relative L2 error of `ours` (laid out like the reference) against the stored array.
+
+        `keep`, a boolean array broadcastable to the shape, restricts the comparison to those elements
+        (for sampled arrays, to the samples there; the whole-array sums are then not compared).
+        """
         e = self._resolved(name)
         tol = self.tolerance(name) if tol is None else tol
         ours = np.asarray(ours, np.float64)
         shape = tuple(self.entries[name]["shape"])
         if ours.shape != shape:
             return Comparison(name, float("inf"), tol, f"shape {ours.shape} != reference {shape}")
+        keep = np.ones(shape, bool) if keep is None else np.broadcast_to(keep, shape)
         if e["storage"] == "whole":
             ref = self.arrays[e["name"]].astype(np.float64)
-            return Comparison(name, rel_l2(ours, ref), tol)
+            return Comparison(name, rel_l2(ours[keep], ref[keep]), tol)
         idx, val, stats = (self.arrays[e["name"] + s] for s in ("@idx", "@val", "@stats"))
-        err = rel_l2(ours.reshape(-1)[idx], val.astype(np.float64))
+        kept = keep.reshape(-1)[idx]
+        err = rel_l2(ours.reshape(-1)[idx][kept], val.astype(np.float64)[kept])
+        if not keep.all():
+            return Comparison(name, err, tol, f"samples {err:.2e} on {kept.sum()} kept elements")
         sum_abs = abs(np.abs(ours).sum() - stats[1]) / max(stats[1], 1e-30)
         sum_sq = abs((ours**2).sum() - stats[2]) / max(stats[2], 1e-30)
         return Comparison(name, max(err, sum_abs, sum_sq), tol,

@@ -16,12 +16,12 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from tiodepth_jax.models.decoder import DECODER_NAME, DecoderConfig, DPDecoder, parse_decoder_name
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2Config
 from tiodepth_jax.models.encoder import TiOEncoder
+from tiodepth_jax.ops.geometry import disparity_bins, disparity_bins_float64
 
 PATHS = ("Mono", "Stereo", "Refine")
 
@@ -58,8 +58,7 @@ class TiODepthConfig:
 
     def bin_disparities(self) -> list[float]:
         """d_j = max_disp * (max_disp / min_disp) ** (j / (N - 1) - 1), in float64 (spec §2.2)."""
-        ratio = self.max_disp / self.min_disp
-        return [self.max_disp * ratio ** (j / (self.n_bins - 1) - 1) for j in range(self.n_bins)]
+        return disparity_bins_float64(self.min_disp, self.max_disp, self.n_bins)
 
     def decoder_config(self, enc_channels) -> DecoderConfig:
         return DecoderConfig(enc_channels=tuple(enc_channels), channels=self.decoder_channels,
@@ -102,7 +101,8 @@ class TiODepth(nnx.Module):
 
     @property
     def bins(self):
-        return jnp.asarray(np.asarray(self.cfg.bin_disparities(), np.float32))
+        """(N,) float32 bin disparities (`volume_dk`)."""
+        return jnp.asarray(disparity_bins(self.cfg.min_disp, self.cfg.max_disp, self.cfg.n_bins))
 
     def decode_mono(self, feats, image_hw, side: str, *, train: bool, with_mo: bool = False) -> dict:
         """Mono decoder on a feature pyramid: volume outputs and offsets under 'mono' or 'refmono'."""
