@@ -79,3 +79,18 @@ def test_decoder_name_grammar_and_layer_order():
     assert len(names) == 25 and names[:5] == ["dec3_0", "sdfa3_0", "sdfa3_1", "sdfa3_2", "dec3_1"]
     assert names[15:] == ["dec0_0", "dec0_1", "out", "mfm3", "mfm2", "mfm1", "midout3", "midout2", "midout1",
                           "midout_out"]
+
+
+def test_checkpoint_round_trip_keeps_batchnorm_statistics(tmp_path):
+    from tiodepth_jax.checkpoint import load_model, save_model
+    from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
+    cfg = TiODepthConfig(variant="vits", encoder_depth=1, encoder_taps=(0, 0, 0, 0), decoder_channels=(16,) * 4,
+                         image_size=(28, 56))
+    model = TiODepth(cfg, rngs=nnx.Rngs(0))
+    model.decoder.sdfa1_1.bn.mean[...] = jnp.arange(16, dtype=jnp.float32)
+    model.decoder.sdfa1_1.bn.num_batches_tracked[...] = jnp.asarray(7, jnp.int32)
+    loaded = load_model(save_model(tmp_path / "ck", model), kind="tiodepth")
+    np.testing.assert_array_equal(loaded.decoder.sdfa1_1.bn.mean[...], np.arange(16))
+    assert int(loaded.decoder.sdfa1_1.bn.num_batches_tracked[...]) == 7
+    with pytest.raises(ValueError, match="at least 16 channels"):
+        TiODepthConfig(decoder_channels=(8, 8, 8, 8)).decoder_config((16,) * 4)

@@ -1,4 +1,5 @@
-"""Model checkpoints: a directory with `model.json` (what to build) and `params/` (orbax, pure dict).
+"""Model checkpoints: a directory with `model.json` (what to build) and `params/` (orbax, pure dict of the
+parameters and BatchNorm statistics).
 
     save_model(path, model, source={...})   # any model registered in MODEL_KINDS
     model = load_model(path, dtype=jnp.bfloat16)
@@ -22,6 +23,7 @@ from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
 from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
 
 FORMAT = "tiodepth_jax.model/v1"
+SAVED = nnx.Any(nnx.Param, nnx.BatchStat)  # parameters and BatchNorm running statistics
 MODEL_KINDS = {
     "depth_anything_v2": (DepthAnythingV2, DepthAnythingV2Config),
     "tiodepth": (TiODepth, TiODepthConfig),
@@ -49,7 +51,7 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, source: dict | Non
     path = Path(path).absolute()
     if path.exists():
         raise FileExistsError(f"refusing to overwrite existing checkpoint directory {path}")
-    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    params = nnx.to_pure_dict(nnx.state(model, SAVED))
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path / "params", params)
     ckptr.wait_until_finished()
@@ -86,7 +88,7 @@ def load_model(path: str | os.PathLike, *, kind: str | None = None, dtype=jnp.fl
     cls, cfg_cls = MODEL_KINDS[meta["kind"]]
     cfg = cfg_cls.from_dict(meta["config"])
     abstract = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, remat=remat, rngs=nnx.Rngs(0)))
-    graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
+    graphdef, abs_params, rest = nnx.split(abstract, SAVED, ...)
     target = nnx.to_pure_dict(abs_params)
     params_dir = Path(path).absolute() / "params"
     try:

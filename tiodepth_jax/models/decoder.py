@@ -46,6 +46,10 @@ class DecoderConfig:
                              f"{self.channels}")
         if len(self.norm_disp_range) != self.n_bins:
             raise ValueError(f"norm_disp_range has {len(self.norm_disp_range)} entries, expected {self.n_bins}")
+        for i in self.sfg_scales:
+            if self.channels[i] < 16:
+                raise ValueError(f"decoder channels {self.channels}: scale {i} has an MFM block, whose SE layer "
+                                 f"needs at least 16 channels (reduction 16)")
         for s in self.sfg_scales + self.db_scales:
             if not 1 <= s <= 3:
                 raise ValueError(f"MFM and midout scales must be in 1..3 (scales with a skip), got {s}")
