@@ -1,7 +1,9 @@
-"""The inference command: preprocessing policy, batching / compile counts, outputs, errors, colour maps."""
+"""The inference command: preprocessing policy, batching / compile counts, outputs, errors, colour maps;
+Depth-Anything-V2 and TiO-Depth (single images, stereo pairs)."""
 
 import json
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -14,6 +16,8 @@ from tiodepth_jax.images import image_size, list_images, read_image
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
 from tiodepth_jax.models.dinov2 import DinoV2Config
 from tiodepth_jax.models.dpt import DPTConfig
+from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
+from tiodepth_jax.ops.resize import interpolate_bilinear
 
 TINY = DepthAnythingV2Config(dinov2=DinoV2Config(embed_dim=32, depth=2, num_heads=2),
                              dpt=DPTConfig(in_channels=32, features=8, out_channels=(8, 8, 8, 8)),
@@ -187,3 +191,189 @@ def test_colormap_matches_colorbrewer_and_handles_degenerate_input():
     np.testing.assert_array_equal(colorize(np.full((4, 5), 7.0)), np.broadcast_to(spectral_r[0], (4, 5, 3)))
     special = colorize(np.array([[0.0, 1.0, np.nan, np.inf, -np.inf]]), cmap="gray")
     assert special[0, :, 0].tolist() == [0, 255, 0, 255, 0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# TiO-Depth
+# ---------------------------------------------------------------------------------------------------
+
+# Decoder widths of 16: the SE layer's reduction of 16 needs C >= 16.
+TIO = TiODepthConfig(variant="vits", encoder_depth=1, encoder_taps=(0, 0, 0, 0), decoder_channels=(16, 16, 16, 16),
+                     image_size=(28, 56))
+PAIR_SIZES = {"a": (30, 60), "b": (30, 60), "c": (40, 72)}  # --size auto: (28, 56) x2, (42, 70)
+
+
+def tiny_tio() -> TiODepth:
+    """TiODepth(TIO) with seeded numpy weights (normal, std 1/sqrt(fan-in), 0.1 for vectors) and BatchNorm
+    statistics at mean 0, var 1. Faster than the initialisers, which compile a program per parameter shape
+    (~7 s on 2 cores); the model is still built by its constructor (under `nnx.eval_shape`)."""
+    rng = np.random.default_rng(0)
+
+    def fill(path, v):
+        if path[-1] in ("mean", "num_batches_tracked", "var"):
+            return jnp.full(v.shape, path[-1] == "var", v.dtype)
+        std = 0.1 if len(v.shape) < 2 else np.prod(v.shape[:-1]) ** -0.5
+        return jnp.asarray(rng.normal(0.0, std, v.shape), v.dtype)
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: TiODepth(TIO, rngs=nnx.Rngs(0))))
+    return nnx.merge(graphdef, nnx.map_state(fill, state))
+
+
+@pytest.fixture(scope="module")
+def tio_checkpoint(tmp_path_factory):
+    return save_model(tmp_path_factory.mktemp("ckpt") / "tio", tiny_tio())
+
+
+@pytest.fixture(scope="module")
+def stereo_dirs(tmp_path_factory):
+    """left/ and right/ folders with the images of PAIR_SIZES; right = left shifted by 2 columns plus noise."""
+    root = tmp_path_factory.mktemp("stereo")
+    for side in ("left", "right"):
+        (root / side).mkdir()
+    for k, (name, (h, w)) in enumerate(PAIR_SIZES.items()):
+        rng = np.random.default_rng(k)
+        left = rng.integers(0, 256, (h, w + 2, 3), dtype=np.uint8)
+        right = np.clip(left[:, 2:].astype(int) + rng.integers(-10, 11, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(left[:, :w]).save(root / "left" / f"{name}.png")
+        Image.fromarray(right).save(root / "right" / f"{name}.png")
+    return root
+
+
+def check_depth_outputs(folder, sizes):
+    """Metric depth maps at the images' own sizes: float32, finite, > 0, and decodable PNGs."""
+    for name, hw in sizes.items():
+        depth = np.load(folder / f"{name}.npy")
+        assert depth.shape == hw and depth.dtype == np.float32
+        assert np.isfinite(depth).all() and (depth > 0).all()
+        assert read_image(folder / f"{name}.png").shape == (*hw, 3)
+
+
+@pytest.mark.parametrize("hw, expected", [
+    ((375, 1242), (378, 1246)),  # 26.79 -> 27, 88.71 -> 89
+    ((30, 60), (28, 56)),        # 2.14 -> 2, 4.29 -> 4
+    ((40, 72), (42, 70)),        # 2.86 -> 3, 5.14 -> 5
+    ((21, 35), (28, 42)),        # 1.5 -> 2, 2.5 -> 3: halves round up
+    ((5, 100), (14, 98)),        # 0.36 -> 0 -> at least 14
+])
+def test_auto_size(hw, expected):
+    assert predict.nearest_multiple_shape(*hw) == expected
+    assert predict.network_input_shape(*hw, "auto") == expected
+    assert predict.network_input_shape(*hw, (378, 1260)) == (378, 1260)
+
+
+def test_fixed_size_must_be_patch_multiples():
+    with pytest.raises(ValueError, match="multiples of 14"):
+        predict.network_input_shape(30, 60, (30, 56))
+
+
+def test_lanczos_preprocess_is_the_8bit_pil_transform():
+    image = np.random.default_rng(0).integers(0, 256, (30, 60, 3), dtype=np.uint8)
+    x = predict.preprocess_lanczos(image.astype(np.float32) / 255, (28, 56))
+    expected = np.asarray(Image.fromarray(image).resize((56, 28), Image.Resampling.LANCZOS), np.float32) / 255
+    assert x.dtype == np.float32
+    np.testing.assert_array_equal(x, expected)  # the original's Resize(LANCZOS) + ToTensor, bit for bit
+
+
+def test_tio_single_images(tio_checkpoint, stereo_dirs, tmp_path, capsys):
+    images = {name: stereo_dirs / "left" / f"{name}.png" for name in ("a", "c")}
+    sizes = {name: PAIR_SIZES[name] for name in images}
+    # Mono through predict_files: one compile for both images at the fixed size, depth resized back.
+    predictor = predict.load_predictor(tio_checkpoint, mode="Mono")
+    assert predictor.views == 1
+    predict.predict_files(predictor, list(images.values()), tmp_path / "mono", input_size=(28, 56))
+    check_depth_outputs(tmp_path / "mono", sizes)
+    x = np.stack([predict.preprocess_lanczos(read_image(p), (28, 56)) for p in images.values()])
+    depth = np.asarray(predictor(x))  # (2, 28, 56), the same shape: no new compile
+    assert predictor.num_traces == 1
+    for k, (name, hw) in enumerate(sizes.items()):
+        back = interpolate_bilinear(depth[k][None, ..., None], size=hw, align_corners=False)[0, ..., 0]
+        np.testing.assert_allclose(np.load(tmp_path / "mono" / f"{name}.npy"), back, rtol=1e-6)
+
+    # Refine, the default mode, at --size auto (a and b: 30x60 -> 28x56), from the command line.
+    pair_ab = [str(stereo_dirs / "left" / f"{name}.png") for name in ("a", "b")]
+    refine = ["--checkpoint", str(tio_checkpoint), "--input", *pair_ab, "--out", str(tmp_path / "refine"),
+              "--size", "auto", "--batch-size", "1"]
+    assert predict.main(refine) == 0
+    out = capsys.readouterr().out
+    assert "2 image(s), mode Refine, size auto" in out and "(1 input shape(s) compiled)" in out
+    check_depth_outputs(tmp_path / "refine", {name: PAIR_SIZES[name] for name in ("a", "b")})
+    assert not np.allclose(np.load(tmp_path / "refine" / "a.npy"), np.load(tmp_path / "mono" / "a.npy"), rtol=1e-3)
+
+    # Mono in bfloat16 agrees with float32 to bfloat16's precision.
+    bf16 = ["--checkpoint", str(tio_checkpoint), "--input", *map(str, images.values()), "--out", str(tmp_path / "bf16"),
+            "--size", "28", "56", "--mode", "Mono", "--dtype", "bfloat16"]
+    assert predict.main(bf16) == 0
+    check_depth_outputs(tmp_path / "bf16", sizes)
+    for name in images:
+        bf16_depth, f32_depth = (np.load(tmp_path / d / f"{name}.npy") for d in ("bf16", "mono"))
+        np.testing.assert_allclose(bf16_depth, f32_depth, rtol=0.02)
+
+
+def test_tio_stereo_pair_and_folders(tio_checkpoint, stereo_dirs, tmp_path, capsys):
+    base = ["--checkpoint", str(tio_checkpoint)]
+    left, right = stereo_dirs / "left", stereo_dirs / "right"
+    one = base + ["--left", str(left / "a.png"), "--right", str(right / "a.png"), "--out", str(tmp_path / "one"),
+                  "--size", "28", "56"]
+    assert predict.main(one) == 0
+    assert "1 pair(s), mode Stereo, size 28x56" in capsys.readouterr().out
+    check_depth_outputs(tmp_path / "one", {"a": PAIR_SIZES["a"]})
+
+    folders = base + ["--left", str(left), "--right", str(right), "--out", str(tmp_path / "all"),
+                      "--size", "28", "56", "--batch-size", "2", "--no-png"]
+    assert predict.main(folders) == 0
+    out = capsys.readouterr().out  # batches (a, b) and (c, padding): one shape, one compile
+    assert "3 pair(s), mode Stereo, size 28x56" in out and "(1 input shape(s) compiled)" in out
+    for name, hw in PAIR_SIZES.items():
+        depth = np.load(tmp_path / "all" / f"{name}.npy")
+        assert depth.shape == hw and np.isfinite(depth).all() and (depth > 0).all()
+    assert not list((tmp_path / "all").glob("*.png"))
+    # The folders were paired by name: a's depth is the one of the single pair a.
+    np.testing.assert_allclose(np.load(tmp_path / "all" / "a.npy"), np.load(tmp_path / "one" / "a.npy"), rtol=1e-5)
+    assert not np.allclose(np.load(tmp_path / "all" / "b.npy"), np.load(tmp_path / "one" / "a.npy"), rtol=1e-3)
+
+
+def test_list_pairs(stereo_dirs):
+    left, right = stereo_dirs / "left", stereo_dirs / "right"
+    assert predict.list_pairs(left, right) == [(left / n, right / n) for n in ("a.png", "b.png", "c.png")]
+    assert predict.list_pairs(left / "b.png", right / "c.png") == [(left / "b.png", right / "c.png")]
+
+
+def test_tio_pair_errors(tio_checkpoint, checkpoint, stereo_dirs, tmp_path, capsys):
+    for side in ("l", "r", "empty"):
+        (tmp_path / side).mkdir()
+    for name in ("a", "b"):
+        write_rgb(tmp_path / "l" / f"{name}.png", 30, 60)
+    write_rgb(tmp_path / "l" / "only_left.png", 30, 60)
+    write_rgb(tmp_path / "r" / "a.png", 30, 60)
+    write_rgb(tmp_path / "r" / "b.png", 30, 62)  # not the size of l/b.png
+    out = ["--out", str(tmp_path / "o")]
+
+    def pair_error(left, right, ckpt=tio_checkpoint):
+        return run_main_error(["--checkpoint", str(ckpt), "--left", str(left), "--right", str(right), *out], capsys)
+
+    err = pair_error(tmp_path / "l", tmp_path / "r")
+    assert "only_left.png" in err and "no partner" in err
+    (tmp_path / "l" / "only_left.png").unlink()
+    err = pair_error(tmp_path / "l", tmp_path / "r")
+    assert "l/b.png is 30x60" in err and "r/b.png is 30x62" in err and "same size" in err
+    assert not (tmp_path / "o").exists()  # sizes are checked before anything runs
+    assert "r/b.png" in pair_error(tmp_path / "l" / "b.png", tmp_path / "r" / "b.png")
+    assert "no images" in pair_error(tmp_path / "empty", tmp_path / "r")
+    assert "missing.png" in pair_error(tmp_path / "l" / "a.png", tmp_path / "missing.png")
+    assert "both be files or both be folders" in pair_error(tmp_path / "l" / "a.png", tmp_path / "r")
+    (tmp_path / "r" / "a.png").write_bytes(b"\x00garbage, not a png" * 10)
+    assert "cannot decode" in pair_error(tmp_path / "l" / "a.png", tmp_path / "r" / "a.png")
+    assert "need a TiO-Depth checkpoint" in pair_error(stereo_dirs / "left", stereo_dirs / "right", ckpt=checkpoint)
+    single = ["--input", str(tmp_path / "l" / "a.png"), *out, "--mode"]
+    assert "need a TiO-Depth checkpoint" in run_main_error(["--checkpoint", str(checkpoint), *single, "Mono"], capsys)
+    mode = ["--checkpoint", str(tio_checkpoint), *single]
+    for argv in (mode + ["Stereo"],                                               # Stereo needs pairs
+                 ["--checkpoint", str(tio_checkpoint), "--left", str(tmp_path / "l"), *out],  # no --right
+                 ["--checkpoint", str(tio_checkpoint), "--left", str(tmp_path / "l"), "--right", str(tmp_path / "r"),
+                  "--mode", "Refine", *out],                                      # pairs run Stereo
+                 mode + ["Mono", "--size", "28", "50"],                           # not a multiple of 14
+                 mode + ["Mono", "--size", "28", "56", "--input-size", "28"]):
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main(argv)
+        assert exit_info.value.code == 2
+    assert "multiples of 14" in capsys.readouterr().err

@@ -1,33 +1,53 @@
-"""Relative depth for image files with a converted checkpoint, jitted, batched, on any JAX backend.
+"""Depth maps for image files and stereo pairs with a converted checkpoint, jitted, batched, on any JAX backend.
 
 Usage:
   python -m tiodepth_jax.predict --checkpoint DIR --input PATH [PATH ...] --out DIR
-      [--input-size 518] [--batch-size 4] [--dtype float32|bfloat16] [--no-png]
+      [--mode Refine|Mono] [--size H W | --size auto | --input-size S] [--batch-size 4]
+      [--dtype float32|bfloat16] [--no-png]
+  python -m tiodepth_jax.predict --checkpoint DIR --left L --right R --out DIR [--mode Stereo] [...]
   python -m tiodepth_jax.predict --demo --out DIR [--input-size 518] [--batch-size 4] [--dtype ...]
 
   --checkpoint   a directory written by `tiodepth_jax.checkpoint.save_model` (e.g. by the converters)
   --input        image files and/or folders (a folder's .png .jpg .jpeg .bmp .tif .tiff .webp files,
                  sorted, not recursive)
-  --out          output folder: <stem>.npy (float32 (H, W) depth at the image's own resolution) and
-                 <stem>.png (Spectral_r colour map, per-image min/max normalised, as Depth-Anything-V2's
-                 run.py draws it); inputs sharing a stem (compared case-insensitively), or an output
-                 that would overwrite an input, are refused before anything runs
-  --input-size   lower bound S of both network input sides (see below)
-  --batch-size   images per forward pass
+  --left/--right one stereo pair (two files) or two folders whose images are paired by file name (a
+                 name found on one side only is an error); both images of a pair must have the same size.
+                 --left is the left camera (TiO-Depth's color_s, direct +1), --right the right one.
+                 Pairs need a TiO-Depth checkpoint and imply --mode Stereo
+  --mode         TiO-Depth path: Refine (default for --input; the paper's monocular "TiO-Depth"), Mono
+                 (the plain monocular path) or Stereo (pairs; "TiO-Depth (Bino.)")
+  --out          output folder: <stem>.npy (float32 (H, W) depth at the image's own resolution; a pair is
+                 named after its left image) and <stem>.png (Spectral_r colour map, per-image min/max
+                 normalised); inputs sharing a stem (compared case-insensitively), or an output that
+                 would overwrite an input, are refused before anything runs
+  --size H W     resize every image to H x W (multiples of 14), whatever its aspect ratio
+  --size auto    resize every image to the multiples of 14 nearest its own sides (see below)
+  --input-size S keep-aspect-ratio resize with both sides >= S (Depth-Anything-V2's policy, below)
+                 The default is the model's own: --input-size 518 for Depth-Anything-V2,
+                 --size 378 1260 for TiO-Depth
+  --batch-size   images (pairs) per forward pass
   --dtype        compute dtype; parameters stay float32 ("bfloat16" halves activation memory)
   --no-png       write only the .npy files
   --demo         no checkpoint, no input: a ViT-S Depth-Anything-V2 with RANDOM weights (nnx.Rngs(0))
                  runs on two generated 240x320 scenes (written to <out>/demo_inputs/), exercising the
                  whole pipeline without downloads; its depth maps are meaningless
 
-Model kinds are dispatched on the checkpoint's `model.json` "kind"; "depth_anything_v2" (relative,
-inverse depth, larger = nearer) is the one supported so far.
+Model kinds are dispatched on the checkpoint's `model.json` "kind" (`PREDICTORS`):
+"depth_anything_v2" (relative inverse depth, larger = nearer) and "tiodepth" (metric depth in metres).
 
-Preprocessing: Depth-Anything-V2's `infer_image` policy.
+Network input sizes (every policy gives multiples of the patch size 14):
+  * --input-size S, lower bound: scale = max(S / H, S / W), and each side becomes
+    round(side * scale / 14) * 14 (numpy's round-half-even), or ceil(side * scale / 14) * 14 where that
+    falls below S; both sides are >= S (Depth-Anything-V2's `infer_image`, resize_method "lower_bound").
+  * --size H W, fixed: every image becomes H x W. TiO-Depth's default 378 1260 is the DINOv2 fork's
+    pred_size (spec §9), with about KITTI's aspect ratio (1260 / 378 = 3.33, 1242 / 375 = 3.31).
+  * --size auto: each side is rounded on its own to the nearest multiple of 14 (halves round up, at
+    least 14), so the network sees the image at its own resolution and aspect ratio up to 7 pixels per
+    side: 375 x 1242 -> 378 x 1246, 30 x 60 -> 28 x 56, 21 x 35 -> 28 x 42.
+
+Depth-Anything-V2 preprocessing (`infer_image`):
   1. Decode to RGB float in [0, 1] (EXIF orientation applied, as cv2.imread does).
-  2. Keep-aspect-ratio resize, resize_method "lower_bound": scale = max(S / H, S / W) for S =
-     --input-size, and each side becomes round(side * scale / 14) * 14 (numpy's round-half-even),
-     or ceil(side * scale / 14) * 14 where that falls below S; both sides are >= S.
+  2. Network size from the policy above (default --input-size 518).
   3. Bicubic resampling of the float image with PIL (BICUBIC, per channel in float32 mode "F", so no
      8-bit rounding or clipping). Upstream uses cv2.resize INTER_CUBIC, whose kernel is Keys a = -0.75
      without antialiasing, while PIL's is a = -0.5 and widens its support when downscaling; inputs are
@@ -35,11 +55,36 @@ Preprocessing: Depth-Anything-V2's `infer_image` policy.
   4. ImageNet normalisation: (x - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225).
   5. The model gives (B, h, w) depth at the network resolution; each map is resized back to its
      image's (H, W) with bilinear interpolation, align_corners=True (upstream's F.interpolate call).
+  The PNG colours the depth itself (it is already inverse depth), as run.py does.
 
-Execution: the model is split once into graphdef / state and ONE jitted forward serves every input
-shape (jax.jit caches one executable per shape). Images are grouped by network input shape (read from
-the file headers first, so unreadable files fail before any compute) and run in batches of
-min(--batch-size, images of that shape); a short last batch is zero-padded, so each shape compiles once.
+TiO-Depth (spec §2.5, §8, §9):
+  1. Decode as above; both images of a pair must have the same (H, W).
+  2. Network size from the policy above (default --size 378 1260).
+  3. PIL LANCZOS resize of the 8-bit RGB image, then / 255 and no normalisation: the test transform of
+     the original's evaluation (Resize(full_size, LANCZOS), ToTensor), bit-identical for 8-bit files
+     (16-bit files are rounded to 8 bits first). The model normalises internally ((x - 0.45) / 0.225).
+  4. `model.inference(..., modes=(mode,))["depth"]`: depth = d2d / disparity, in metres, at the network
+     size; Stereo runs color_s = left, color_o = right, direct = +1.
+  5. Each map is resized back to its image's (H, W) with bilinear interpolation, align_corners=False
+     (`interpolate_bilinear`, the resize the evaluation applies before its metrics, spec §8.1); depth
+     values are not rescaled (depth, unlike disparity, does not change with the image size). The
+     original predict.py does NOT resize back: it saves the depth at pred_size.
+  The PNG colours inverse depth 1 / depth (proportional to disparity; near = red, far = blue), per-image
+  min/max normalised like Depth-Anything-V2's, so the .npy is the only metric output.
+  Geometry: d2d (model config, 400.9 = fx * baseline of KITTI at ~1280 px width) and the disparity bins
+  are fixed, and the stereo matching (MFM) rescales its bin shifts by training width / network input
+  width, so a disparity is measured in pixels of the network input and d2d / disparity is metric only
+  when the network input has fx * baseline ~= d2d: KITTI-like images resized to a width consistent with
+  training, about 1260 (the fork trains on 840-wide crops of 1260-wide images), as the default --size
+  378 1260 and --size auto on full KITTI frames give. Otherwise scale the output by
+  (fx * baseline) / d2d, with fx in pixels at the network input width; the monocular paths learned
+  their scale from KITTI appearance at that resolution and carry the same caveat.
+
+Execution: each model is split once into graphdef / state and ONE jitted forward serves every input
+shape (jax.jit caches one executable per shape). Images (pairs) are grouped by network input shape (read
+from the file headers first, so unreadable files and size mismatches fail before any compute) and run in
+batches of min(--batch-size, images of that shape); a short last batch is zero-padded, so each shape
+compiles once.
 """
 
 from __future__ import annotations
@@ -61,6 +106,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from tiodepth_jax.checkpoint import load_model, read_model_meta
+from tiodepth_jax.colormap import colorize
 from tiodepth_jax.images import image_size, list_images, read_image, save_depth_outputs, write_png
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
 from tiodepth_jax.ops.resize import interpolate_bilinear
@@ -86,7 +132,7 @@ def user_errors():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Preprocessing (Depth-Anything-V2 `infer_image`)
+# Network input sizes and preprocessing
 # ---------------------------------------------------------------------------------------------------
 
 def _constrain_to_multiple(x: float, multiple: int, min_val: int) -> int:
@@ -97,45 +143,104 @@ def _constrain_to_multiple(x: float, multiple: int, min_val: int) -> int:
     return y
 
 
-def network_input_shape(h: int, w: int, input_size: int, multiple: int = 14) -> tuple[int, int]:
-    """(h, w) of the network input for an H x W image: keep aspect ratio, lower bound `input_size`."""
+def nearest_multiple_shape(h: int, w: int, multiple: int = 14) -> tuple[int, int]:
+    """`--size auto`: each side rounded to the nearest multiple (halves up), at least `multiple`."""
+    return tuple(max(multiple, math.floor(side / multiple + 0.5) * multiple) for side in (h, w))
+
+
+def network_input_shape(h: int, w: int, input_size, multiple: int = 14) -> tuple[int, int]:
+    """(h, w) of the network input for an H x W image under a size policy (see the module docstring).
+
+    input_size: an int S (keep the aspect ratio, both sides >= S), an (H, W) pair of multiples of
+    `multiple` (fixed size) or "auto" (`nearest_multiple_shape`).
+    """
+    if input_size == "auto":
+        return nearest_multiple_shape(h, w, multiple)
+    if isinstance(input_size, (tuple, list)):
+        fixed = tuple(int(s) for s in input_size)
+        if len(fixed) != 2 or any(s < multiple or s % multiple for s in fixed):
+            raise ValueError(f"size {input_size} must be two positive multiples of {multiple}")
+        return fixed
     scale = max(input_size / h, input_size / w)
     return (_constrain_to_multiple(scale * h, multiple, input_size),
             _constrain_to_multiple(scale * w, multiple, input_size))
 
 
 def preprocess(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(H, W, 3) float32 RGB in [0, 1] -> (h, w, 3) float32: bicubic resize, ImageNet normalisation."""
+    """Depth-Anything-V2: (H, W, 3) float32 RGB in [0, 1] -> (h, w, 3) float32, bicubic, ImageNet-normalised."""
     h, w = shape
     channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]))
                            .resize((w, h), Image.Resampling.BICUBIC)) for c in range(3)]
     return (np.stack(channels, axis=-1) - IMAGENET_MEAN) / IMAGENET_STD
 
 
-@functools.partial(jax.jit, static_argnames="size")
-def resize_depth(depth, size: tuple[int, int]):
-    """(h, w) -> (H, W): bilinear, align_corners=True, as upstream resizes the prediction back."""
-    return interpolate_bilinear(depth[None, :, :, None], size=size, align_corners=True)[0, :, :, 0]
+def preprocess_lanczos(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """TiO-Depth: (H, W, 3) float32 RGB in [0, 1] -> (h, w, 3) float32 in [0, 1], PIL LANCZOS on 8-bit RGB.
+
+    The original's test transform (Resize(full_size, LANCZOS) then ToTensor); no normalisation.
+    """
+    h, w = shape
+    rgb8 = Image.fromarray(np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8), mode="RGB")
+    return np.asarray(rgb8.resize((w, h), Image.Resampling.LANCZOS), np.float32) / 255.0
+
+
+@functools.partial(jax.jit, static_argnames=("size", "align_corners"))
+def resize_depth(depth, size: tuple[int, int], align_corners: bool = True):
+    """(h, w) -> (H, W), bilinear (align_corners=True is Depth-Anything-V2's resize back)."""
+    return interpolate_bilinear(depth[None, :, :, None], size=size, align_corners=align_corners)[0, :, :, 0]
 
 
 # ---------------------------------------------------------------------------------------------------
-# Batching
+# Inputs and batching
 # ---------------------------------------------------------------------------------------------------
+
+def list_pairs(left, right) -> list[tuple[Path, Path]]:
+    """Stereo pairs from two files, or from two folders matched by file name (in the left folder's order).
+
+    Raises FileNotFoundError for a missing path and ValueError for a file paired with a folder, a folder
+    without images, or a name found in only one folder (naming those files).
+    """
+    left, right = Path(left), Path(right)
+    for p in (left, right):
+        if not p.exists():
+            raise FileNotFoundError(f"input {p} does not exist")
+    if left.is_dir() != right.is_dir():
+        raise ValueError(f"--left {left} and --right {right} must both be files or both be folders")
+    if not left.is_dir():
+        return [(left, right)]
+    lefts, rights = ({f.name: f for f in list_images([d])} for d in (left, right))
+    unmatched = [f for f in (*lefts.values(), *rights.values()) if f.name not in lefts or f.name not in rights]
+    if unmatched:
+        more = f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else ""
+        raise ValueError(f"no partner of the same name in the other folder for {', '.join(map(str, unmatched[:3]))}"
+                         f"{more}")
+    return [(f, rights[name]) for name, f in lefts.items()]
+
+
+def item_size(views) -> tuple[int, int]:
+    """(H, W) shared by the images of one input (one image or a pair); raises ValueError when they differ."""
+    sizes = [image_size(p) for p in views]
+    if len(set(sizes)) > 1:
+        raise ValueError("the images of a pair must have the same size: "
+                         + ", ".join(f"{p} is {h}x{w}" for p, (h, w) in zip(views, sizes)))
+    return sizes[0]
+
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-    """Images (indices into the input list) sharing one network input shape, run as `padded_size`."""
+    """Inputs (indices into the input list) sharing one network input shape, run as `padded_size`."""
 
     shape: tuple[int, int]
     indices: tuple[int, ...]
     padded_size: int
 
 
-def plan_batches(sizes, input_size: int, batch_size: int, multiple: int = 14) -> list[Batch]:
-    """Group images by network input shape (first-seen order) and cut each group into batches.
+def plan_batches(sizes, input_size, batch_size: int, multiple: int = 14) -> list[Batch]:
+    """Group inputs by network input shape (first-seen order) and cut each group into batches.
 
-    Every batch of a shape has the same size, min(batch_size, images of that shape), so that each shape
-    is compiled exactly once; the last batch of a group is padded.
+    `input_size` is a size policy of `network_input_shape`. Every batch of a shape has the same size,
+    min(batch_size, inputs of that shape), so that each shape is compiled exactly once; the last batch
+    of a group is padded.
     """
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (h, w) in enumerate(sizes):
@@ -147,17 +252,17 @@ def plan_batches(sizes, input_size: int, batch_size: int, multiple: int = 14) ->
     return batches
 
 
-def output_stems(paths, out_dir) -> list[str]:
-    """The output stem of each input. Raises ValueError when two inputs would write the same files
+def output_stems(paths, out_dir, inputs=None) -> list[str]:
+    """The output stem of each path. Raises ValueError when two paths would write the same files
     (stems compared case-insensitively, as case-insensitive file systems do) or an output would
-    overwrite an input."""
+    overwrite one of `inputs` (default: `paths`)."""
     owner: dict[str, Path] = {}
     for p in paths:
         other = owner.setdefault(p.stem.casefold(), p)
         if other is not p:
             raise ValueError(f"inputs {other} and {p} would both write {p.stem}.npy/.png; "
                              "rename one or run them separately")
-    inputs = {p.resolve() for p in paths}
+    inputs = {p.resolve() for p in (paths if inputs is None else inputs)}
     for p in paths:
         for out in (Path(out_dir) / f"{p.stem}.npy", Path(out_dir) / f"{p.stem}.png"):
             if out.resolve() in inputs:
@@ -166,74 +271,148 @@ def output_stems(paths, out_dir) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Model
+# Models
 # ---------------------------------------------------------------------------------------------------
 
 class DepthPredictor:
-    """A Depth-Anything-V2 model split once into graphdef / state, with one jitted forward.
+    """A model split once into graphdef / state, with one jitted forward; this class: Depth-Anything-V2.
 
-    `predictor(x)`: (B, h, w, 3) normalised images, h and w multiples of the patch size ->
-    (B, h, w) float32 depth. `num_traces` counts the shapes compiled so far.
+    `predictor(*views)`: `views` (B, h, w, 3) preprocessed images (one per view), h and w multiples of
+    the patch size -> (B, h, w) depth. `num_traces` counts the shapes compiled so far. Subclasses set
+    the model-kind specifics: modes, views per input, size policy, preprocessing, resize back, outputs.
     """
 
-    def __init__(self, model: DepthAnythingV2):
+    kind = "depth_anything_v2"
+    modes = (None,)          # accepted `mode`s, the first the default
+    default_size = 518       # the size policy used without --size / --input-size
+    align_corners = True     # of the resize back to the image size
+    preprocess = staticmethod(preprocess)
+
+    def __init__(self, model, mode=None):
+        self.mode = self.check_mode(mode)
         graphdef, self.state = nnx.split(model)
-        self.patch_size = model.cfg.dinov2.patch_size
+        self.patch_size = self.model_patch_size(model)
         self.num_traces = 0
         self._forward = jax.jit(functools.partial(self._apply, graphdef))
 
-    def _apply(self, graphdef, state, x):
+    @classmethod
+    def check_mode(cls, mode):
+        """`mode`, or the default for None; raises ValueError for a mode this model kind does not have."""
+        if mode is None:
+            return cls.modes[0]
+        if mode not in cls.modes:
+            if cls.modes == (None,):
+                raise ValueError(f"a {cls.kind!r} model has no mode {mode}: --mode and stereo pairs "
+                                 "(--left/--right) need a TiO-Depth checkpoint")
+            raise ValueError(f"a {cls.kind!r} model has modes {', '.join(cls.modes)}, not {mode}")
+        return mode
+
+    @property
+    def views(self) -> int:
+        """Images per input: 1, or 2 for a stereo pair."""
+        return 1
+
+    @staticmethod
+    def model_patch_size(model) -> int:
+        return model.cfg.dinov2.patch_size
+
+    def forward(self, model, x):
+        return model(x)
+
+    def _apply(self, graphdef, state, *views):
         self.num_traces += 1  # runs once per trace, i.e. once per new input shape
-        return nnx.merge(graphdef, state)(x)
+        return self.forward(nnx.merge(graphdef, state), *views)
 
-    def __call__(self, x):
-        return self._forward(self.state, x)
+    def __call__(self, *views):
+        return self._forward(self.state, *views)
 
-    def lower(self, x):
-        """The jitted forward lowered for `x`'s shape; `.compile()` fills the cache that calls use."""
-        return self._forward.lower(self.state, x)
+    def lower(self, *views):
+        """The jitted forward lowered for these shapes; `.compile()` fills the cache that calls use."""
+        return self._forward.lower(self.state, *views)
+
+    def save(self, out_dir, stem: str, depth: np.ndarray, png: bool) -> None:
+        save_depth_outputs(out_dir, stem, depth, png=png)
 
 
-PREDICTORS = {"depth_anything_v2": DepthPredictor}
+class TiODepthPredictor(DepthPredictor):
+    """TiO-Depth: metric depth (metres) of the Refine or Mono path on single images, or Stereo on pairs."""
+
+    kind = "tiodepth"
+    modes = ("Refine", "Mono", "Stereo")
+    default_size = (378, 1260)
+    align_corners = False
+    preprocess = staticmethod(preprocess_lanczos)
+
+    @property
+    def views(self) -> int:
+        return 2 if self.mode == "Stereo" else 1
+
+    @staticmethod
+    def model_patch_size(model) -> int:
+        return model.encoder.cfg.dinov2.patch_size
+
+    def forward(self, model, color_s, color_o=None):
+        inputs = {"color_s": color_s} if color_o is None else {"color_s": color_s, "color_o": color_o}
+        return model.inference(inputs, modes=(self.mode,))["depth"][..., 0].astype(jnp.float32)
+
+    def save(self, out_dir, stem: str, depth: np.ndarray, png: bool) -> None:
+        save_depth_outputs(out_dir, stem, depth, png=False)
+        if png:  # inverse depth: near red, far blue, like the Depth-Anything-V2 maps
+            write_png(Path(out_dir) / f"{stem}.png", colorize(1.0 / depth))
 
 
-def load_predictor(checkpoint, dtype=jnp.float32):
-    """The predictor for the model kind stored at `checkpoint` (raises ValueError for other kinds)."""
+PREDICTORS = {cls.kind: cls for cls in (DepthPredictor, TiODepthPredictor)}
+
+
+def load_predictor(checkpoint, dtype=jnp.float32, mode=None):
+    """The predictor for the model kind stored at `checkpoint` (raises ValueError for other kinds and
+    for a `mode` that kind does not have)."""
     kind = read_model_meta(checkpoint).get("kind")
     if kind not in PREDICTORS:
         raise ValueError(f"{checkpoint} holds a {kind!r} model; predict supports: {', '.join(PREDICTORS)}")
-    return PREDICTORS[kind](load_model(checkpoint, kind=kind, dtype=dtype))
+    PREDICTORS[kind].check_mode(mode)  # before the (slow) parameter loading
+    return PREDICTORS[kind](load_model(checkpoint, kind=kind, dtype=dtype), mode=mode)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Pipeline
 # ---------------------------------------------------------------------------------------------------
 
-def run_batch(predictor: DepthPredictor, images: list[np.ndarray], batch: Batch) -> list[np.ndarray]:
-    """Preprocess, pad to the batch size, predict and resize back: [(H, W, 3)] -> [(H, W) float32]."""
-    x = np.zeros((batch.padded_size, *batch.shape, 3), np.float32)  # (B, h, w, 3)
-    for k, image in enumerate(images):
-        x[k] = preprocess(image, batch.shape)
-    depth = predictor(x)  # (B, h, w)
-    return [np.asarray(resize_depth(depth[k], image.shape[:2])) for k, image in enumerate(images)]
+def run_batch(predictor: DepthPredictor, inputs: list[list[np.ndarray]], batch: Batch) -> list[np.ndarray]:
+    """Preprocess, pad to the batch size, predict and resize back: [[(H, W, 3)] * views] -> [(H, W)]."""
+    xs = np.zeros((predictor.views, batch.padded_size, *batch.shape, 3), np.float32)  # (V, B, h, w, 3)
+    for k, views in enumerate(inputs):
+        for v, image in enumerate(views):
+            xs[v, k] = predictor.preprocess(image, batch.shape)
+    depth = predictor(*xs)  # (B, h, w)
+    return [np.asarray(resize_depth(depth[k], views[0].shape[:2], predictor.align_corners))
+            for k, views in enumerate(inputs)]
 
 
-def predict_files(predictor: DepthPredictor, paths, out_dir, *, input_size: int = 518, batch_size: int = 4,
+def predict_files(predictor: DepthPredictor, paths, out_dir, *, input_size=None, batch_size: int = 4,
                   png: bool = True) -> None:
-    """Write `<out_dir>/<stem>.npy` and `.png` for every image in `paths` (see the module docstring)."""
-    paths = [Path(p) for p in paths]
+    """Write `<out_dir>/<stem>.npy` and `.png` for every input (see the module docstring).
+
+    paths: image paths, or (left, right) pairs for a two-view predictor. input_size: a size policy of
+    `network_input_shape`; None for the predictor's `default_size`.
+    """
+    items = [tuple(map(Path, p)) if isinstance(p, (tuple, list)) else (Path(p),) for p in paths]
     with user_errors():
-        stems = output_stems(paths, out_dir)
-        sizes = [image_size(p) for p in paths]
-    batches = plan_batches(sizes, input_size, batch_size, predictor.patch_size)
-    with tqdm(total=len(paths), unit="img", desc="depth") as bar:
+        if any(len(views) != predictor.views for views in items):
+            raise ValueError(f"a {predictor.kind!r} model in mode {predictor.mode} takes "
+                             + ("stereo pairs (--left, --right)" if predictor.views == 2 else "single images"))
+        stems = output_stems([views[0] for views in items], out_dir, [p for views in items for p in views])
+        sizes = [item_size(views) for views in items]
+        batches = plan_batches(sizes, predictor.default_size if input_size is None else input_size, batch_size,
+                               predictor.patch_size)
+    with tqdm(total=len(items), unit="pair" if predictor.views == 2 else "img", desc="depth") as bar:
         for batch in batches:
             with user_errors():
-                images = [read_image(paths[i]) for i in batch.indices]
-            depths = run_batch(predictor, images, batch)
+                inputs = [[read_image(p) for p in items[i]] for i in batch.indices]
+            depths = run_batch(predictor, inputs, batch)
             with user_errors():
                 for i, depth in zip(batch.indices, depths):
-                    save_depth_outputs(out_dir, stems[i], depth, png=png)
+                    predictor.save(out_dir, stems[i], depth, png)
             bar.update(len(batch.indices))
 
 
@@ -281,26 +460,64 @@ def demo_predictor(dtype=jnp.float32) -> DepthPredictor:
 # Command line
 # ---------------------------------------------------------------------------------------------------
 
+def _size_policy(parser, values):
+    """--size H W | auto -> (H, W) or "auto"."""
+    if values == ["auto"]:
+        return "auto"
+    try:
+        size = tuple(int(v) for v in values)
+    except ValueError:
+        size = ()
+    if len(size) != 2 or any(v < 14 or v % 14 for v in size):
+        parser.error(f"--size takes 'auto' or two positive multiples of 14 (H W), got {' '.join(values)}")
+    return size
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tiodepth_jax.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, metavar="DIR", help="converted checkpoint directory")
     parser.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders")
+    parser.add_argument("--left", type=Path, metavar="PATH", help="left image, or folder of left images")
+    parser.add_argument("--right", type=Path, metavar="PATH", help="right image, or folder of right images")
+    parser.add_argument("--mode", choices=TiODepthPredictor.modes,
+                        help="TiO-Depth path (default Refine; Stereo for pairs)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--input-size", type=int, default=518, metavar="S",
-                        help="lower bound of both network input sides (default 518)")
-    parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per forward pass (default 4)")
+    parser.add_argument("--size", nargs="+", metavar="SIZE",
+                        help="network input size: H W (multiples of 14), or auto (the multiples of 14 nearest "
+                             "the image's own sides); TiO-Depth default 378 1260")
+    parser.add_argument("--input-size", type=int, metavar="S",
+                        help="keep-aspect-ratio network input, both sides >= S (Depth-Anything-V2 default 518)")
+    parser.add_argument("--batch-size", type=int, default=4, metavar="N",
+                        help="images (pairs) per forward pass (default 4)")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="compute dtype")
     parser.add_argument("--no-png", action="store_true", help="write only the .npy depth maps")
     parser.add_argument("--demo", action="store_true",
                         help="random-weight ViT-S on generated images; needs no checkpoint or input")
     args = parser.parse_args(argv)
-    if args.demo and (args.checkpoint or args.input):
-        parser.error("--demo takes neither --checkpoint nor --input")
-    if not args.demo and not (args.checkpoint and args.input):
-        parser.error("--checkpoint and --input are required (or use --demo)")
-    if args.input_size < 1 or args.batch_size < 1:
+    pairs = args.left is not None or args.right is not None
+    if args.demo and (args.checkpoint or args.input or pairs or args.mode or args.size):
+        parser.error("--demo takes no --checkpoint, --input, --left, --right, --mode or --size")
+    if not args.demo and not (args.checkpoint and (args.input or pairs)):
+        parser.error("--checkpoint and --input (or --left and --right) are required (or use --demo)")
+    if args.input and pairs:
+        parser.error("give single images with --input or stereo pairs with --left and --right, not both")
+    if pairs and (args.left is None or args.right is None):
+        parser.error("stereo pairs need both --left and --right")
+    if pairs:
+        if args.mode not in (None, "Stereo"):
+            parser.error(f"stereo pairs run --mode Stereo, not {args.mode}; give single images with --input")
+        args.mode = "Stereo"
+    elif args.mode == "Stereo":
+        parser.error("--mode Stereo takes stereo pairs: --left and --right")
+    if args.size is not None and args.input_size is not None:
+        parser.error("give --size or --input-size, not both")
+    if args.size is not None:
+        args.size = _size_policy(parser, args.size)
+    if (args.input_size is not None and args.input_size < 1) or args.batch_size < 1:
         parser.error("--input-size and --batch-size must be positive")
+    if args.demo and args.input_size is None:
+        args.input_size = 518
     return args
 
 
@@ -316,11 +533,15 @@ def main(argv=None) -> int:
             paths = write_demo_inputs(args.out / "demo_inputs")
         else:
             with user_errors():
-                paths = list_images(args.input)
-                predictor = load_predictor(args.checkpoint, dtype)
-        print(f"{len(paths)} image(s), input size {args.input_size}, batch {args.batch_size}, {args.dtype}, "
-              f"on {jax.default_backend()} ({jax.devices()[0].device_kind})")
-        predict_files(predictor, paths, args.out, input_size=args.input_size, batch_size=args.batch_size,
+                paths = list_pairs(args.left, args.right) if args.left else list_images(args.input)
+                predictor = load_predictor(args.checkpoint, dtype, mode=args.mode)
+        size = args.size or args.input_size or predictor.default_size
+        size_text = (f"input size {size}" if isinstance(size, int) else "size auto" if size == "auto"
+                     else f"size {size[0]}x{size[1]}")
+        mode = f", mode {predictor.mode}" if predictor.mode else ""
+        print(f"{len(paths)} {'pair' if predictor.views == 2 else 'image'}(s){mode}, {size_text}, "
+              f"batch {args.batch_size}, {args.dtype}, on {jax.default_backend()} ({jax.devices()[0].device_kind})")
+        predict_files(predictor, paths, args.out, input_size=size, batch_size=args.batch_size,
                       png=not args.no_png)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
