@@ -1,0 +1,380 @@
+"""TiO-Depth training losses (tiodepth_jax.losses, spec §5).
+
+Fixture parity (`tio_dinov2b`, ../shared/fixtures/README.md; directory from $TIODEPTH_FIXTURES):
+* every loss map `train/loss/<term>/<side>` and value `train/loss/<side>/<term>-value` of the three groups, and the
+  group totals, computed from OUR stage outputs (tests.parity_tio.train_outputs);
+* the loss functions alone on the stored whole inputs (separates loss errors from upstream errors);
+* Stereo_photo also where no occlusion/edge-mask flip reaches the 3x3 SSIM window.
+Plus analytic checks (SSIM of identical images, KL of equal volumes, confidence of one-hot targets, finite
+gradients, the thresholded L1's zero gradient, jit) and the yaml -> LossTerm path.
+Run with -s to see the measured errors.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.parity import FIXTURES_DIR, FixtureSet, discover, nchw
+from tiodepth_jax.losses import (TRAINING_LOSSES, LossTerm, cost_confidence, cost_loss, evaluate_terms, grad_loss,
+                                 photo_loss, smooth_loss, ssim, terms_from_config)
+
+SIDES = {"param_group1": "o", "param_group2": "s", "param_group3": "s"}  # the fixture's loss sides
+STAGES = {"param_group1": "stage1", "param_group2": "stage2", "param_group3": "stage3"}
+VALUE_TOL = {"Stereo_gui2": 3e-2}  # fixtures README tolerances table
+MAP_TOL = {"Refine_hints": 1e-2}
+# Stereo_photo follows mask flips: its recorded sensitivity (rel L2 3.3e-2 whole, 2.3e-2 without rows 0 and
+# H-1) is the size of the differences to expect, so it is the bound (no x10).
+STEREO_PHOTO_TOL = 5e-2
+# The loss functions alone on the reference's own inputs: only float32 rounding differs.
+ISOLATED_TOL = 1e-5
+
+
+def _find_set():
+    for p in discover():
+        fs = FixtureSet(p)
+        if fs.name == "tio_dinov2b":
+            return fs
+    return None
+
+
+@pytest.fixture(scope="module")
+def fs():
+    fs = _find_set()
+    if fs is None:
+        pytest.skip(f"the tio_dinov2b fixture set is not in {FIXTURES_DIR} (set TIODEPTH_FIXTURES)")
+    return fs
+
+
+@pytest.fixture(scope="module")
+def computed(fs):
+    """Our stage outputs, the batch, and every group's (total, values, maps) from them."""
+    from tests.parity_tio import inputs, train_outputs
+
+    outs = train_outputs(fs)
+    batch = inputs(fs, "84x280")
+    groups = {}
+    for g, terms in TRAINING_LOSSES.items():
+        run = jax.jit(functools.partial(evaluate_terms, terms))
+        groups[g] = jax.device_get(run(outs[STAGES[g]], batch))
+    return outs, batch, groups
+
+
+def _whole(fs, name, nhwc=True):
+    a = np.asarray(fs.whole(name))
+    return a.transpose(0, 2, 3, 1) if nhwc and a.ndim == 4 else a
+
+
+def _inner_rows(shape):
+    keep = np.zeros(shape, bool)
+    keep[..., 1:-1, :] = True
+    return keep
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fixture parity from our stage outputs
+
+
+def test_loss_maps_match_fixture(fs, computed):
+    _, _, groups = computed
+    results = []
+    for g, terms in TRAINING_LOSSES.items():
+        side = SIDES[g]
+        maps = groups[g][2]
+        for term in terms:
+            name = f"train/loss/{term.name}/{side}"
+            ours = nchw(maps[term.name])
+            if term.name == "Stereo_gui2":  # tolerance from the sensitivity without rows 0 and H-1
+                sens = fs.entries[name]["sensitivity"]["rel_l2_without_rows_0_and_H-1"]
+                c = fs.compare(name, ours, tol=max(1e-4, 10 * sens), keep=_inner_rows(ours.shape))
+            elif term.name == "Stereo_photo":
+                c = fs.compare(name, ours, tol=STEREO_PHOTO_TOL)
+            else:
+                c = fs.compare(name, ours, tol=max(fs.tolerance(name), MAP_TOL.get(term.name, 0)))
+            results.append(c)
+            print(f"map {name}: rel L2 {c.rel_l2:.2e} (tol {c.tol:.1e})")
+    bad = [f"{c.name}: {c.rel_l2:.3e} > {c.tol:.1e}" for c in results if not c.ok]
+    assert not bad, "\n".join(bad)
+
+
+def test_loss_values_and_totals_match_fixture(fs, computed):
+    _, _, groups = computed
+    bad = []
+    grand = 0.0
+    for g, terms in TRAINING_LOSSES.items():
+        side = SIDES[g]
+        total, values, _ = groups[g]
+        grand += float(total)
+        for term in terms:
+            name = f"train/loss/{side}/{term.name}-value"
+            c = fs.compare(name, np.asarray(values[term.name]), tol=VALUE_TOL.get(term.name, 1e-3))
+            print(f"value {name}: ours {float(values[term.name]):.6g} ref {float(fs.whole(name)):.6g} "
+                  f"rel {c.rel_l2:.2e} (tol {c.tol:.0e})")
+            bad += [] if c.ok else [f"{name}: {c.rel_l2:.3e}"]
+        c = fs.compare(f"train/loss/{g}-loss", np.asarray(total), tol=1e-3)
+        print(f"total train/loss/{g}-loss: ours {float(total):.6g} rel {c.rel_l2:.2e}")
+        bad += [] if c.ok else [f"{g}-loss: {c.rel_l2:.3e}"]
+    c = fs.compare("train/loss/loss", np.asarray(grand, np.float32), tol=1e-3)
+    print(f"total train/loss/loss: ours {grand:.6g} rel {c.rel_l2:.2e}")
+    bad += [] if c.ok else [f"loss: {c.rel_l2:.3e}"]
+    assert not bad, "\n".join(bad)
+
+
+def test_stereo_photo_away_from_mask_flips(fs, computed):
+    """Stereo_photo where the 3x3 SSIM window sees no flip of the visibility (1 - invalid_mask_s, which holds
+    the occlusion and edge masks) and no image row 0 / H-1: the remaining error is the loss's own."""
+    outs, _, groups = computed
+    ours_inv = nchw(outs["stage2"]["invalid_mask_s"])
+    flips = (ours_inv != fs.whole("train/stage2/invalid_mask_s"))[:, 0]
+    flips[:, [0, -1], :] = True
+    padded = np.pad(flips, ((0, 0), (1, 1), (1, 1)))
+    h, w = flips.shape[1:]
+    near = np.zeros_like(flips)
+    for i in range(3):
+        for j in range(3):
+            near |= padded[:, i:i + h, j:j + w]
+    keep = ~near[:, None]
+    c = fs.compare("train/loss/Stereo_photo/s", nchw(groups["param_group2"][2]["Stereo_photo"]), tol=1e-3, keep=keep)
+    print(f"Stereo_photo away from {flips[:, 1:-1].sum()} visibility flips ({keep.mean():.1%} kept): "
+          f"rel L2 {c.rel_l2:.2e}")
+    assert c.ok, f"{c.rel_l2:.3e} > {c.tol}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The loss functions alone on the stored (whole) inputs
+
+
+def _isolated_cases(fs):
+    s1, s2 = "train/stage1/", "train/stage2/"
+    stereo_disp, mono_disp = _whole(fs, s2 + "stereo_disp_0_s"), _whole(fs, s2 + "mono_disp_0_s")
+    inv_edge = _whole(fs, s2 + "inv_edge_mask_s")
+    cost = dict(l1_rate=1, t_l1=1, total_tl1=True, smol1_rate=0)
+    return {
+        "Mono_smooth/o": smooth_loss(_whole(fs, s1 + "mono_disp_0_o"), _whole(fs, "in/84x280/color_o"), gamma_rate=2),
+        "Stereo_smooth/s": smooth_loss(stereo_disp, _whole(fs, "in/84x280/color_s"), gamma_rate=2),
+        "Stereo_gui1/s": grad_loss(stereo_disp, mono_disp),
+        "Stereo_gui2/s": photo_loss(stereo_disp, mono_disp, l1_rate=1, ssim_rate=0) * inv_edge,
+        "Stereo_cost3/s": cost_loss(_whole(fs, s2 + "cost_3-s"), _whole(fs, s2 + "mono_pvolume_cost_3_s"), **cost),
+        "Stereo_cost2/s": cost_loss(_whole(fs, s2 + "cost_2-s"), _whole(fs, s2 + "mono_pvolume_cost_2_s"), **cost),
+    }, inv_edge
+
+
+def test_loss_functions_on_stored_inputs(fs):
+    cases, inv_edge = _isolated_cases(fs)
+    bad = []
+    for key, ours in cases.items():
+        name = f"train/loss/{key}"
+        c = fs.compare(name, nchw(ours), tol=ISOLATED_TOL)  # whole maps: the inputs are the reference's
+        print(f"isolated {name}: rel L2 {c.rel_l2:.2e} (tol {c.tol:.1e})")
+        bad += [] if c.ok else [f"{name}: {c.rel_l2:.3e} > {c.tol:.1e}"]
+    gui2 = cases["Stereo_gui2/s"]
+    value = float(jnp.sum(gui2) / jnp.sum(inv_edge))
+    c = fs.compare("train/loss/s/Stereo_gui2-value", np.asarray(value), tol=1e-5)
+    print(f"isolated Stereo_gui2-value (mask-normalised): rel {c.rel_l2:.2e}")
+    bad += [] if c.ok else [f"Stereo_gui2-value: {c.rel_l2:.3e}"]
+    assert not bad, "\n".join(bad)
+
+
+def test_group_rates_reproduce_fixture_totals(fs):
+    """sum(rate * mean(reference map)) over a group's terms = the reference group loss: checks the table."""
+    grand = 0.0
+    for g, terms in TRAINING_LOSSES.items():
+        total = sum(t.rate * float(np.mean(fs.whole(f"train/loss/{t.name}/{SIDES[g]}"), dtype=np.float64))
+                    for t in terms)
+        grand += total
+        ref = float(fs.whole(f"train/loss/{g}-loss"))
+        assert abs(total - ref) <= 1e-5 * abs(ref), (g, total, ref)
+    assert abs(grand - float(fs.whole("train/loss/loss"))) <= 1e-5 * grand
+
+
+def test_training_table_equals_fixture_yaml(fs):
+    yaml_groups = fs.meta["config"]["losses_yaml"]
+    assert list(yaml_groups) == list(TRAINING_LOSSES)
+    for g, group in yaml_groups.items():
+        assert terms_from_config(group["loss_terms"]) == TRAINING_LOSSES[g], g
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Analytic checks (no fixtures)
+
+
+# Test data from numpy (eager jax.random would compile one program per shape and op).
+def _rand(key, shape, lo=0.0, hi=1.0):
+    return jnp.asarray(np.random.default_rng(key).uniform(lo, hi, shape), jnp.float32)
+
+
+def _volume(key, shape, scale=3.0):
+    logits = scale * np.random.default_rng(key).standard_normal(shape)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return jnp.asarray(e / e.sum(-1, keepdims=True), jnp.float32)
+
+
+def test_ssim_identical_images_is_zero():
+    x = _rand(0, (2, 9, 13, 3))
+    np.testing.assert_allclose(np.asarray(ssim(x, x)), 0.0, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(photo_loss(x, x, l1_rate=0.15, ssim_rate=0.85)), 0.0, atol=1e-7)
+    assert float(jnp.max(ssim(x, _rand(1, x.shape)))) > 0.05
+
+
+def test_ssim_reflection_padding_and_pooling():
+    """Against a direct numpy evaluation of the formula with ReflectionPad2d(1) and 3x3 VALID pooling."""
+    x, y = np.asarray(_rand(2, (1, 5, 6, 2))), np.asarray(_rand(3, (1, 5, 6, 2)))
+    px, py = (np.pad(a.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect") for a in (x, y))
+
+    def pool(a):
+        return sum(a[:, i:i + 5, j:j + 6] for i in range(3) for j in range(3)) / 9
+
+    mx, my = pool(px), pool(py)
+    sx, sy, sxy = pool(px * px) - mx**2, pool(py * py) - my**2, pool(px * py) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    ref = np.clip((1 - (2 * mx * my + c1) * (2 * sxy + c2) / ((mx**2 + my**2 + c1) * (sx + sy + c2))) / 2, 0, 1)
+    # atol: float32 E[x^2] - E[x]^2 cancellation
+    np.testing.assert_allclose(np.asarray(ssim(jnp.asarray(x), jnp.asarray(y))), ref, atol=1e-5)
+
+
+def test_cost_loss_kl_of_equal_volumes_is_zero():
+    p = _volume(4, (2, 5, 7, 49))
+    kl = cost_loss(p, p, use_confi=False, ce_rate=1, smol1_rate=0)
+    assert kl.shape == (2, 5, 7, 1)
+    np.testing.assert_allclose(np.asarray(kl), 0.0, atol=1e-6)
+    assert float(jnp.min(cost_loss(_volume(5, p.shape), p, use_confi=False, ce_rate=1, smol1_rate=0))) > 0
+
+
+def test_confidence_of_one_hot_target_is_one():
+    n = 49
+    idx = jnp.array([[0, 1, 24], [47, 48, 3]])  # the end bins have one missing neighbour
+    onehot = jax.nn.one_hot(idx, n)[:, None]  # (2, 1, 3, 49)
+    np.testing.assert_array_equal(np.asarray(cost_confidence(onehot)), 1.0)
+    # confidence = mass at argmax and its existing neighbours; first index wins ties (torch and jnp argmax)
+    q = jnp.zeros((1, 1, 1, n)).at[..., [0, 1, 10, 30]].set(jnp.array([0.2, 0.1, 0.35, 0.35]))
+    np.testing.assert_allclose(np.asarray(cost_confidence(q)), 0.35)
+    q = q.at[..., 11].set(0.05)  # bin 11 neighbours the first maximum (10), not the second (30)
+    np.testing.assert_allclose(np.asarray(cost_confidence(q)), 0.4, rtol=1e-6)
+    # weight applied: one-hot target, l1 map = sum|p - q|
+    p = _volume(6, onehot.shape)
+    l1 = cost_loss(p, onehot, l1_rate=1, smol1_rate=0)
+    np.testing.assert_allclose(np.asarray(l1), np.asarray(jnp.sum(jnp.abs(p - onehot), -1, keepdims=True)), rtol=1e-6)
+
+
+def test_cost_loss_several_targets_pick_the_most_confident():
+    a, b = _volume(7, (1, 4, 5, 49), 10.0), _volume(8, (1, 4, 5, 49), 0.1)  # a peaked, b flat
+    p = _volume(9, a.shape)
+    both = cost_loss(p, [b, a], l1_rate=1, smol1_rate=0)
+    only_a = cost_loss(p, a, l1_rate=1, smol1_rate=0)
+    np.testing.assert_allclose(np.asarray(both), np.asarray(only_a), rtol=1e-6)
+    with pytest.raises(ValueError):
+        cost_loss(p, [a, b], use_confi=False)
+
+
+def test_thresholded_l1_has_no_gradient_below_threshold():
+    q = _volume(10, (1, 6, 8, 49), 8.0)
+    p = jnp.where(jnp.arange(8)[None, None, :, None] < 4, q * 0.9 + 0.1 / 49, _volume(11, q.shape, 8.0))
+    f = functools.partial(cost_loss, target=q, l1_rate=1, t_l1=1, total_tl1=True, smol1_rate=0)
+    tv = np.asarray(jnp.sum(jnp.abs(p - q), -1))
+    low = tv < 1
+    assert low.any() and (~low).any()
+    np.testing.assert_array_equal(np.asarray(f(p))[..., 0][low], 0.0)
+    g = np.asarray(jax.grad(lambda x: jnp.sum(f(x)))(p))
+    assert np.all(g[low] == 0)
+    assert np.all(np.abs(g[~low]).sum(-1) > 0)
+    # per-bin thresholding (total_tl1 False)
+    g2 = np.asarray(jax.grad(lambda x: jnp.sum(cost_loss(x, q, l1_rate=1, t_l1=0.3, smol1_rate=0)))(p))
+    assert np.all(g2[np.asarray(jnp.abs(p - q)) < 0.3] == 0)
+
+
+def test_gradients_are_finite_and_jit_matches():
+    """All four losses, through evaluate_terms on random stand-ins for group 2 and 3 outputs."""
+    b, h, w, n = 2, 12, 20, 49
+    outs = {
+        "stereo_proj_img_o_0_s": _rand(12, (b, h, w, 3)), "fused_occ_color_s": _rand(13, (b, h, w, 3)),
+        "stereo_disp_0_s": _rand(14, (b, h, w, 1), 2, 300), "mono_disp_0_s": _rand(15, (b, h, w, 1), 2, 300),
+        "inv_edge_mask_s": (_rand(16, (b, h, w, 1)) > 0.9).astype(jnp.float32),
+        "refmono_pvolume_wg_0_s": _volume(17, (b, h, w, n)), "fuse_pvolume_s": _volume(18, (b, h, w, n)),
+    }
+    for k, (hh, ww) in zip((3, 2, 1), ((3, 5), (6, 10), (12, 20))):
+        outs[f"cost_{k}-s"] = _volume(20 + k, (b, hh, ww, n), 6.0)
+        outs[f"mono_pvolume_cost_{k}_s"] = _volume(30 + k, (b, hh, ww, n), 6.0)
+    batch = {"color_s": _rand(40, (b, h, w, 3)), "color_o": _rand(41, (b, h, w, 3))}
+    terms = TRAINING_LOSSES["param_group2"] + TRAINING_LOSSES["param_group3"]
+
+    run = jax.jit(functools.partial(evaluate_terms, terms))
+
+    @jax.jit
+    def value_and_grads(o):
+        return jax.value_and_grad(lambda x: run(x, batch)[0])(o)
+
+    value, grads = value_and_grads(outs)
+    assert np.isfinite(float(value))
+    for k, g in grads.items():
+        assert np.all(np.isfinite(np.asarray(g))), k
+    for k in ("stereo_proj_img_o_0_s", "stereo_disp_0_s", "cost_1-s", "refmono_pvolume_wg_0_s"):
+        assert float(jnp.max(jnp.abs(grads[k]))) > 0, k
+    assert float(jnp.max(jnp.abs(grads["mono_disp_0_s"]))) > 0  # through Stereo_gui2 (L1), not GradLoss
+    gui1 = terms[5]
+    g_target = jax.jit(jax.grad(lambda t: jnp.sum(grad_loss(outs["stereo_disp_0_s"], t))))(outs["mono_disp_0_s"])
+    assert gui1.kind == "grad" and float(jnp.max(jnp.abs(g_target))) == 0  # GradLoss detaches its target
+    total, values, maps = run(outs, batch)
+    np.testing.assert_allclose(float(total), float(value), rtol=1e-6)
+    manual = sum(t.rate * float(jnp.mean(maps[t.name])) for t in terms)
+    np.testing.assert_allclose(float(total), manual, rtol=1e-5)
+    assert set(values) == set(maps) == {t.name for t in terms}
+    for name, m in maps.items():
+        assert m.ndim == 4 and m.shape[-1] == 1 and m.shape[0] == b, name
+
+
+def test_evaluate_terms_mask_and_means():
+    pred, target = _rand(50, (2, 4, 6, 1)), _rand(51, (2, 4, 6, 1))
+    mask = (_rand(52, (2, 4, 6, 1)) > 0.5).astype(jnp.float32)
+    term = LossTerm("t", "photo", "p", "q", 0.5, mask="m", params={"l1_rate": 1})
+    total, values, maps = evaluate_terms([term], {"p": pred, "m": mask}, {"q": target})
+    masked = jnp.abs(pred - target) * mask
+    np.testing.assert_allclose(np.asarray(maps["t"]), np.asarray(masked), rtol=1e-6)
+    np.testing.assert_allclose(float(total), 0.5 * float(jnp.mean(masked)), rtol=1e-6)  # not mask-normalised
+    np.testing.assert_allclose(float(values["t"]), float(jnp.sum(masked) / jnp.sum(mask)), rtol=1e-6)
+    # '{}' placeholders with a side; other_side reads the target from the other side
+    term = LossTerm("t", "photo", "p_{}", "q_{}", 1.0, params={"l1_rate": 1}, other_side=True)
+    total, _, _ = evaluate_terms([term], {"p_s": pred, "q_o": target}, {}, side="s")
+    np.testing.assert_allclose(float(total), float(jnp.mean(jnp.abs(pred - target))), rtol=1e-6)
+
+
+def test_smooth_loss_analytic():
+    """Constant disparity -> 0; a vertical step -> only g_x, weighted by the image's second difference."""
+    img = _rand(53, (1, 5, 7, 3))
+    assert float(jnp.max(smooth_loss(jnp.full((1, 5, 7, 1), 3.0), img, gamma_rate=2))) == 0
+    d = jnp.zeros((1, 5, 7, 1)).at[:, :, 4:].set(1.0)
+    flat = jnp.full_like(img, 0.5)  # flat image: exp(0) = 1
+    m = np.asarray(smooth_loss(d, flat, gamma_rate=2))[0, :, :, 0]
+    expected = np.zeros((5, 7))
+    expected[:, 3:5] = 1.0  # |d(x) - d(x+1)| at x = 3, |d(x) - d(x-1)| at x = 4 (more_kernel)
+    np.testing.assert_allclose(m, expected, atol=1e-6)
+    m1 = np.asarray(smooth_loss(d, flat, gamma_rate=2, more_kernel=False))[0, :, :, 0]
+    np.testing.assert_allclose(m1, np.where(np.arange(7) == 4, 1.0, 0.0)[None].repeat(5, 0), atol=1e-6)
+
+
+def test_from_dict_forms_and_errors():
+    flat = {"name": "x", "kind": "smooth", "pred": "d", "image": "color_s", "rate": 0.1,
+            "params": {"gamma_rate": 2}}
+    t = LossTerm.from_dict(flat)
+    assert t.target == "color_s" and t.params == {"gamma_rate": 2} and t.mask is None
+    with pytest.raises(ValueError, match="bogus"):
+        LossTerm.from_dict({**flat, "bogus": 1})
+    with pytest.raises(ValueError, match="gama_rate"):
+        LossTerm.from_dict({**flat, "params": {"gama_rate": 2}})
+    with pytest.raises(ValueError, match="l2_ratee"):
+        LossTerm.from_dict({"type": "PhotoLoss", "rate": 1, "args": {"pred_n": "a", "target_n": "b",
+                                                                     "l2_ratee": 1}}, name="y")
+    with pytest.raises(ValueError, match="sum to 1"):
+        LossTerm.from_dict({"type": "PhotoLoss", "rate": 1, "args": {"pred_n": "a", "target_n": "b",
+                                                                     "l2_rate": 1}}, name="y")
+    with pytest.raises(ValueError, match="kind"):
+        LossTerm.from_dict({"name": "z", "kind": "ssim", "pred": "a", "target": "b", "rate": 1})
+    yaml_form = LossTerm.from_dict({"type": "SmoothLoss", "rate": 0.5, "name": None,
+                                    "args": {"pred_n": "d", "image_n": "c", "device": "cpu"}}, name="s")
+    # missing args take the ORIGINAL constructor's defaults (more_kernel/gray_img False, gamma 1)
+    assert yaml_form.params == {"gamma_rate": 1, "more_kernel": False, "gray_img": False, "relative_smo": False}
+    assert hash(yaml_form) == hash(LossTerm.from_dict({"type": "SmoothLoss", "rate": 0.5,
+                                                       "args": {"pred_n": "d", "image_n": "c"}}, name="s"))
