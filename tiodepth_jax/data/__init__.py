@@ -1,0 +1,1 @@
+"""Datasets for training and evaluation (``synthetic``: procedural stereo scenes with exact ground truth)."""
