@@ -1,0 +1,771 @@
+"""Training configuration: YAML files in `configs/` loaded into typed, frozen dataclasses.
+
+    cfg = load_config("configs/tiodepth_dinov2b.yaml", ["optim.lr=2e-4", "model.variant=vits"])
+    cfg.optim.param_group2.lr_factor(epoch=25)      # 0.5 ** (milestones <= epoch - 1)
+    text = cfg.to_yaml()                            # the resolved config, for checkpoints and logs
+    cfg2 = TrainConfig.from_dict(yaml.safe_load(text))
+
+Rules (the original's `read_yaml_options` semantics, spec §1, plus strict checking):
+
+* `_base: other.yaml` (or a list of files) at the top of a file includes other files, relative to the
+  including file; the including file overrides them: mappings merge recursively, lists and scalars replace.
+* `key.sub=value` overrides are applied last, in order; the value is parsed with `yaml.safe_load`
+  (`optim.lr=2e-4`, `model.image_size=[126,420]`, `init_from=null`).
+* Every key is checked: an unknown key, a value of the wrong type, a bad value or a missing required key
+  is a `ConfigError` that names the key path and where it came from, e.g.
+  ``unknown config key 'optim.betaz' in configs/x.yaml (did you mean 'betas'?)``.
+* Types: int (not bool, not 2.0), float (an int or a numeric string such as YAML's `1e-4`, which YAML 1.1
+  reads as a string), bool, str, null only where a field is optional, lists become tuples.
+* A mapping given for a section merges over that section's defaults (so `optim.param_group2: {lr: 2e-4}`
+  keeps group 2's st_epoch, milestones and rates).
+
+The defaults are the original's training setup (spec §6.2), and `configs/tiodepth_dinov2b.yaml` writes every
+field out with a comment.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import math
+import re
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tiodepth_jax.models.tiodepth import TiODepthConfig
+
+__all__ = [
+    "ConfigError", "GroupConfig", "OptimConfig", "DataConfig", "ValConfig", "MeshConfig", "CheckpointConfig",
+    "LogConfig", "TrainConfig", "load_config", "load_config_dict", "parse_override", "apply_overrides",
+    "build", "dump_yaml", "MEMBERS", "GROUPS", "DATASETS", "VAL_MODES", "METRICS", "PATCH",
+]
+
+PATCH = 14                                   # DINOv2 patch size: image sides must be multiples of it
+MEMBERS = ("BB", "CA", "DE", "MO")           # parameter-group member names (spec §2.8)
+GROUPS = ("param_group1", "param_group2", "param_group3")
+DATASETS = ("synthetic", "kitti", "kitti_stereo2015")
+VAL_MODES = ("Mono", "Stereo", "Refine")
+METRICS = ("mean_rel", "abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3", "epe_all", "d1_all")
+MESH_AXES = ("data", "fsdp")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key path and the file or override it came from."""
+
+
+class _FieldError(ValueError):
+    """Raised by the dataclasses' checks: `field` is a dotted path relative to the section."""
+
+    def __init__(self, field: str, msg: str):
+        super().__init__(f"{field}: {msg}")
+        self.field = field
+        self.msg = msg
+
+
+def _fail(field: str, msg: str):
+    raise _FieldError(field, msg)
+
+
+def _multiple_of_patch(field: str, hw):
+    if any(v <= 0 or v % PATCH for v in hw):
+        _fail(field, f"{list(hw)} must be positive multiples of {PATCH} (the DINOv2 patch size)")
+
+
+def _non_negative(obj, *names):
+    for n in names:
+        v = getattr(obj, n)
+        if v is not None and v < 0:
+            _fail(n, f"must be >= 0, got {v}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The schema
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GroupConfig:
+    """One optimiser (`param_group<k>`, spec §2.8, §6.2): Adam over its members, MultiStep schedule per epoch."""
+
+    st_epoch: int                                 # first epoch (1-based) in which the group trains
+    milestones: tuple[int, ...]                   # MultiStepLR milestones (epochs)
+    gamma: float = 0.5                            # lr factor at each milestone
+    lr: float | None = None                       # the group's base lr; None = optim.lr
+    rates: dict[str, float] = dataclasses.field(default_factory=dict, hash=False)  # member -> lr multiplier
+
+    def __post_init__(self):
+        if self.st_epoch < 1:
+            _fail("st_epoch", f"must be >= 1, got {self.st_epoch}")
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(set(self.milestones)):
+            _fail("milestones", f"must be strictly increasing positive epochs, got {list(self.milestones)}")
+        if not self.gamma > 0:
+            _fail("gamma", f"must be > 0, got {self.gamma}")
+        if self.lr is not None and not self.lr > 0:
+            _fail("lr", f"must be > 0 or null, got {self.lr}")
+        for name, rate in self.rates.items():
+            if name not in MEMBERS:
+                _fail(f"rates.{name}", f"unknown member {name!r}; known: {', '.join(MEMBERS)}")
+            if not rate >= 0 or math.isinf(rate):
+                _fail(f"rates.{name}", f"must be a finite rate >= 0, got {rate}")
+        if not self.members:
+            _fail("rates", f"the group trains nothing: give a positive rate to one of {', '.join(MEMBERS)}")
+        if "BB" in self.members and ("DE" in self.members or "CA" in self.members or "MO" in self.members):
+            _fail("rates", "BB (every trainable parameter outside CA and MO, i.e. encoder + DE) cannot share a group "
+                           f"with DE, CA or MO: {dict(self.rates)}")
+
+    @property
+    def members(self) -> dict[str, float]:
+        """Members with a positive rate (a rate of 0 removes a member inherited from a base file)."""
+        return {k: v for k, v in self.rates.items() if v > 0}
+
+    def lr_factor(self, epoch: int) -> float:
+        """The MultiStepLR factor during 1-based `epoch`: gamma ** (number of milestones <= epoch - 1).
+        Every scheduler ticks once per epoch from epoch 1 on, active or not (spec §6.2)."""
+        return self.gamma ** sum(m <= epoch - 1 for m in self.milestones)
+
+    def active(self, epoch: int) -> bool:
+        return epoch >= self.st_epoch
+
+
+def _group(st_epoch, milestones, rates) -> Any:
+    return dataclasses.field(default_factory=lambda: GroupConfig(st_epoch=st_epoch, milestones=milestones, rates=rates))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Adam settings shared by the three groups (spec §6.2, §12.6) and the groups themselves."""
+
+    name: Literal["adam"] = "adam"
+    lr: float = 1e-4                              # base learning rate of every group without its own `lr`
+    betas: tuple[float, float] = (0.5, 0.999)
+    eps: float = 1e-8                             # added outside the sqrt (optax eps_root = 0)
+    weight_decay: float = 0.0
+    clip_grad_norm: float | None = None           # None = no clipping (the original's clip_grad -1)
+    param_group1: GroupConfig = _group(1, (20, 30, 40, 45), {"BB": 1.0})
+    param_group2: GroupConfig = _group(21, (30, 40, 45), {"CA": 1.0, "DE": 0.1})
+    param_group3: GroupConfig = _group(31, (40, 45), {"MO": 1.0, "DE": 0.1})
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            _fail("lr", f"must be > 0, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            _fail("betas", f"must lie in [0, 1), got {list(self.betas)}")
+        if not self.eps > 0:
+            _fail("eps", f"must be > 0, got {self.eps}")
+        _non_negative(self, "weight_decay")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            _fail("clip_grad_norm", f"must be > 0 or null, got {self.clip_grad_norm}")
+        starts = [g.st_epoch for _, g in self.groups]
+        if starts != sorted(starts):
+            late = next(j for j in range(len(starts) - 1) if starts[j] > starts[j + 1])
+            _fail(f"{GROUPS[late]}.st_epoch",
+                  f"the groups must start in order (Mono, then Stereo, then Refine), got st_epoch {starts}")
+
+    @property
+    def groups(self) -> tuple[tuple[str, GroupConfig], ...]:
+        return tuple((name, getattr(self, name)) for name in GROUPS)
+
+    def group_lr(self, name: str) -> float:
+        g = getattr(self, name)
+        return self.lr if g.lr is None else g.lr
+
+    def member_lrs(self, name: str, epoch: int) -> dict[str, float]:
+        """{member: learning rate} of group `name` during 1-based `epoch` (spec §6.2 table)."""
+        g = getattr(self, name)
+        base = self.group_lr(name) * g.lr_factor(epoch)
+        return {m: rate * base for m, rate in g.members.items()}
+
+    def group_kwargs(self, name: str) -> dict:
+        """Group `name` resolved: {name, rates (positive members), st_epoch, milestones, gamma, lr}
+        (the fields of `tiodepth_jax.train.optim.GroupSpec`)."""
+        g = getattr(self, name)
+        return {"name": name, "rates": g.members, "st_epoch": g.st_epoch, "milestones": g.milestones,
+                "gamma": g.gamma, "lr": self.group_lr(name)}
+
+    @property
+    def params_trained(self) -> str:
+        """The original's `params_trained` string, e.g. `Unified-BB*1-CA*1+DE*0.1-MO*1+DE*0.1`."""
+        fmt = lambda r: f"{r:g}"  # noqa: E731
+        return "Unified-" + "-".join("+".join(f"{m}*{fmt(r)}" for m, r in g.members.items()) for _, g in self.groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Training data (spec §6.5, §7)."""
+
+    name: str                                     # dataset: 'synthetic' | 'kitti' | 'kitti_stereo2015'
+    root: str | None = None                       # dataset directory (not needed by 'synthetic')
+    split: str = "train_list"                     # split file name (data_splits/<dataset>/<split>.txt)
+    image_size: tuple[int, int] = (378, 1260)     # full size (H, W) the images are resized to
+    crop_size: tuple[int, int] | None = None      # training crop (H, W); None = model.image_size
+    flip_mode: Literal["img", "k", "none"] = "img"  # 'img': swap s/o and mirror both with p = 0.5
+    scale_range: tuple[float, float] | None = (0.75, 1.5)  # random resize factor range; None = off
+    color_aug_prob: float = 0.5                   # probability of the gamma/brightness/colour augmentation
+    shuffle: bool = True
+    num_workers: int = 4                          # loader worker threads/processes (0 = in the main thread)
+    synthetic: dict = dataclasses.field(default_factory=dict, hash=False)  # options of the synthetic dataset
+
+    def __post_init__(self):
+        if self.name not in DATASETS:
+            _fail("name", f"unknown dataset {self.name!r}; known: {', '.join(DATASETS)}")
+        _multiple_of_patch("image_size", self.image_size)
+        if self.crop_size is not None:
+            _multiple_of_patch("crop_size", self.crop_size)
+            if any(c > s for c, s in zip(self.crop_size, self.image_size)):
+                _fail("crop_size", f"{list(self.crop_size)} is larger than image_size {list(self.image_size)}")
+        if self.scale_range is not None:
+            lo, hi = self.scale_range
+            if not 0 < lo <= hi:
+                _fail("scale_range", f"needs 0 < low <= high, got {list(self.scale_range)}")
+            if self.crop_size is not None:  # the crop window in full-size pixels (spec §6.5 step 6) must fit
+                window = [int(c / lo) + 1 for c in self.crop_size]
+                if any(w > s for w, s in zip(window, self.image_size)):
+                    _fail("scale_range", f"the smallest scale {lo} needs a {window[0]}x{window[1]} crop window, "
+                                         f"larger than image_size {list(self.image_size)}")
+        if not 0 <= self.color_aug_prob <= 1:
+            _fail("color_aug_prob", f"must lie in [0, 1], got {self.color_aug_prob}")
+        _non_negative(self, "num_workers")
+
+    def require_root(self) -> str:
+        """`root`, or an error telling the user to set it (a dataset other than 'synthetic' needs it)."""
+        if self.root is None and self.name != "synthetic":
+            raise ConfigError(f"data.root is not set: dataset {self.name!r} needs it "
+                              f"(set it in the YAML file or pass data.root=/path/to/{self.name})")
+        return self.root
+
+
+@dataclasses.dataclass(frozen=True)
+class ValConfig:
+    """Validation during training (spec §6.4, §8): depth metrics of each path on the val split."""
+
+    every_n_epochs: int = 1                       # 0 = never
+    at_start: bool = True                         # validate once before training (the original's epoch 0)
+    name: str | None = None                       # dataset; None = data.name
+    root: str | None = None                       # None = data.root
+    split: str = "test_list"                      # the Eigen test list (the original validates on it)
+    image_size: tuple[int, int] = (378, 1260)     # network input size (H, W)
+    batch_size: int = 1
+    modes: tuple[str, ...] = VAL_MODES            # paths to evaluate (rawdepth / sdepth / refdepth)
+    metric: str = "depth_kitti"                   # 'depth_kitti' (Eigen crop) | 'depth_kitti_stereo2015'
+    min_depth: float = 0.5                        # the fork's value (the original: 0)
+    max_depth: float = 80.0
+    max_samples: int | None = None                # evaluate only the first N samples (None = all)
+
+    def __post_init__(self):
+        _non_negative(self, "every_n_epochs")
+        if self.name is not None and self.name not in DATASETS:
+            _fail("name", f"unknown dataset {self.name!r}; known: {', '.join(DATASETS)}")
+        _multiple_of_patch("image_size", self.image_size)
+        if self.batch_size < 1:
+            _fail("batch_size", f"must be >= 1, got {self.batch_size}")
+        bad = [m for m in self.modes if m not in VAL_MODES]
+        if bad or not self.modes or len(set(self.modes)) != len(self.modes):
+            _fail("modes", f"must be distinct entries of {list(VAL_MODES)}, got {list(self.modes)}")
+        if self.metric not in ("depth_kitti", "depth_kitti_stereo2015"):
+            _fail("metric", f"unknown metric {self.metric!r}; known: depth_kitti, depth_kitti_stereo2015")
+        if not 0 <= self.min_depth < self.max_depth:
+            _fail("min_depth", f"needs 0 <= min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
+        if self.max_samples is not None and self.max_samples < 1:
+            _fail("max_samples", f"must be >= 1 or null, got {self.max_samples}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh with axes ('data', 'fsdp') (jax_stack.md §2); -1 = all remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    distributed: bool | Literal["auto"] = "auto"  # jax.distributed.initialize(): True, False or 'auto'
+
+    def __post_init__(self):
+        for name in MESH_AXES:
+            v = getattr(self, name)
+            if v == 0 or v < -1:
+                _fail(name, f"must be a positive size or -1 (all remaining devices), got {v}")
+        if self.data == -1 and self.fsdp == -1:
+            _fail("fsdp", "only one mesh axis can be -1")
+
+    @property
+    def axis_names(self) -> tuple[str, str]:
+        return MESH_AXES
+
+    def shape(self, num_devices: int) -> tuple[int, int]:
+        """(data, fsdp) sizes for `num_devices` devices, resolving -1."""
+        sizes = [self.data, self.fsdp]
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if num_devices % known:
+                raise ConfigError(f"mesh: {num_devices} devices are not divisible by the fixed axis size {known}")
+            sizes[sizes.index(-1)] = num_devices // known
+        if math.prod(sizes) != num_devices:
+            raise ConfigError(f"mesh: data={sizes[0]} x fsdp={sizes[1]} != {num_devices} devices")
+        return tuple(sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Training checkpoints (model, the three optimiser states, epoch, step, the resolved config)."""
+
+    dir: str | None = None                        # None = <workdir>/checkpoints
+    every_n_epochs: int = 1                       # 0 = never (the original's --save_freq)
+    every_n_steps: int = 0                        # 0 = never
+    keep: int | None = 3                          # keep the last N periodic checkpoints; None = all
+    keep_best: bool = True                        # also keep the best checkpoint per validated path
+    best_metric: str = "mean_rel"                 # 'mean_rel' = the original's average relative change of
+                                                  # the 7 depth metrics, or one metric (abs_rel, a1, ...)
+    async_save: bool = True                       # save in the background (orbax async checkpointing)
+    resume: bool = True                           # continue from the newest checkpoint in `dir` if any
+
+    def __post_init__(self):
+        _non_negative(self, "every_n_epochs", "every_n_steps")
+        if self.keep is not None and self.keep < 1:
+            _fail("keep", f"must be >= 1 or null (keep all), got {self.keep}")
+        if self.best_metric not in METRICS:
+            _fail("best_metric", f"unknown metric {self.best_metric!r}; known: {', '.join(METRICS)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LogConfig:
+    """Console / TensorBoard logging."""
+
+    every_n_steps: int = 100                      # scalars (losses, lrs, throughput); the original's log_freq
+    tensorboard: bool = True                      # write TensorBoard event files
+    image_every_n_steps: int = 1000               # image summaries; 0 = never (the original's visual_freq)
+    dir: str | None = None                        # None = <workdir>/logs
+
+    def __post_init__(self):
+        if self.every_n_steps < 1:
+            _fail("every_n_steps", f"must be >= 1, got {self.every_n_steps}")
+        _non_negative(self, "image_every_n_steps")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """A whole training run."""
+
+    workdir: str                                  # run directory (checkpoints, logs, the resolved config)
+    seed: int = 2021                              # the epoch's data RNG is seeded with seed + epoch
+    epochs: int = 50
+    batch_size: int = 8                           # global batch (all devices / hosts together)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype (parameters stay float32)
+    remat: bool = False                           # rematerialise the DINOv2 blocks
+    init_from: str | None = None                  # converted Depth-Anything-V2 checkpoint for the encoder
+    vgg_from: str | None = None                   # converted VGG19 (perceptual loss); None = random weights
+    model: TiODepthConfig = dataclasses.field(default_factory=TiODepthConfig)
+    data: DataConfig
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    val: ValConfig = dataclasses.field(default_factory=ValConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    logging: LogConfig = dataclasses.field(default_factory=LogConfig)
+    # {param_groupK: {term name: term} or [terms]} for tiodepth_jax.losses; None = its TRAINING_LOSSES (spec §5.6)
+    losses: dict | None = dataclasses.field(default=None, hash=False)
+
+    def __post_init__(self):
+        if not self.workdir:
+            _fail("workdir", "must be a non-empty path")
+        if self.epochs < 1:
+            _fail("epochs", f"must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            _fail("batch_size", f"must be >= 1, got {self.batch_size}")
+        _multiple_of_patch("model.image_size", self.model.image_size)
+        if self.data.crop_size is not None and tuple(self.data.crop_size) != tuple(self.model.image_size):
+            _fail("data.crop_size", f"{list(self.data.crop_size)} must equal model.image_size "
+                                    f"{list(self.model.image_size)} (the decoder is built for the training crop)")
+        if any(c > s for c, s in zip(self.crop_size, self.data.image_size)):
+            _fail("model.image_size", f"the training crop {list(self.crop_size)} is larger than data.image_size "
+                                      f"{list(self.data.image_size)}")
+        self._check_model()
+        if self.losses is not None:
+            if not isinstance(self.losses, Mapping):
+                _fail("losses", f"expected a mapping {{param_groupK: [terms]}} or null, got {self.losses!r}")
+            for name, terms in self.losses.items():
+                if name not in GROUPS:
+                    _fail(f"losses.{name}", f"unknown group; known: {', '.join(GROUPS)}")
+                items = terms.values() if isinstance(terms, Mapping) else terms
+                if not isinstance(terms, (list, tuple, Mapping)) or not all(isinstance(t, Mapping) for t in items):
+                    _fail(f"losses.{name}", "expected {term name: term mapping} (the original's loss_terms) or a "
+                                            f"list of term mappings, got {terms!r}")
+
+    def _check_model(self):
+        """Errors the model would only raise when built: variant, taps, decoder name and widths."""
+        m = self.model
+        try:
+            enc = m.encoder_config()
+            m.decoder_config((enc.dpt.features,) * 4)
+        except ValueError as e:
+            _fail("model", str(e))
+
+    # --- derived values ---------------------------------------------------------------------------------
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        return tuple(self.data.crop_size or self.model.image_size)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.checkpoint.dir if self.checkpoint.dir is not None else str(Path(self.workdir) / "checkpoints")
+
+    @property
+    def log_dir(self) -> str:
+        return self.logging.dir if self.logging.dir is not None else str(Path(self.workdir) / "logs")
+
+    @property
+    def val_dataset(self) -> tuple[str, str | None]:
+        """(name, root) of the validation set (falling back to the training set's)."""
+        return (self.val.name or self.data.name, self.val.root if self.val.root is not None else self.data.root)
+
+    @property
+    def compute_dtype(self):
+        import jax.numpy as jnp
+        return jnp.dtype(self.dtype)
+
+    # --- serialisation ----------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """Plain YAML/JSON data (lists, not tuples) that `TrainConfig.from_dict` turns back into this config."""
+        return _plain(self)
+
+    def to_yaml(self) -> str:
+        return dump_yaml(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Mapping, *, source: str = "<dict>") -> "TrainConfig":
+        return build(cls, d, source=source)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Typed construction from plain data
+
+
+class _Where:
+    """Where a key path's value came from: the file (or override) that last set it or one of its parents."""
+
+    def __init__(self, default: str):
+        self.default = default
+        self.origins: dict[tuple, str] = {}
+
+    def record(self, data, source: str, prefix: tuple = ()):
+        self.origins[prefix] = source
+        if isinstance(data, Mapping):
+            for k, v in data.items():
+                self.record(v, source, prefix + (str(k),))
+
+    def __call__(self, path: tuple) -> str:
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.origins:
+                return self.origins[path[:n]]
+        return self.default
+
+
+def _fmt_where(src: str) -> str:
+    return f" ({src})" if src.startswith("override") else f" in {src}"
+
+
+def _error(path: tuple, msg: str, where: _Where) -> ConfigError:
+    key = ".".join(path)
+    text = f"{key}: {msg}" if key else msg
+    return ConfigError(text + _fmt_where(where(path)))
+
+
+_NAMES = {int: ("an int", "ints"), float: ("a number", "numbers"), str: ("a string", "strings"),
+          bool: ("a bool", "bools"), type(None): ("null", "nulls")}
+
+
+def _describe(tp, plural: bool = False) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp in _NAMES:
+        return _NAMES[tp][plural]
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a, plural) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return ("lists" if plural else "a list") + f" of {_describe(args[0], True)}"
+        if len(set(args)) == 1:
+            return ("lists" if plural else "a list") + f" of {len(args)} {_describe(args[0], True)}"
+        return ("lists" if plural else "a list") + " of (" + ", ".join(_describe(a) for a in args) + ")"
+    if tp is dict or origin is dict:
+        return "mappings" if plural else "a mapping"
+    if dataclasses.is_dataclass(tp):
+        return "mappings" if plural else "a mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+_FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.IGNORECASE)
+
+
+class _Mismatch(Exception):
+    """A value does not have the expected type; `path` is where, relative to the converted value."""
+
+    def __init__(self, path: tuple, expected: str, value):
+        self.path, self.expected, self.value = path, expected, value
+
+
+def _convert(value, tp, path: tuple, where: _Where):
+    """`value` as type `tp`, or raise ConfigError/_Mismatch naming the path."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return copy.deepcopy(value)
+    if origin in (typing.Union, types.UnionType):
+        for a in args:  # None first if allowed, then the others in order
+            if a is type(None) and value is None:
+                return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, path, where)
+            except _Mismatch as e:
+                if e.path != path:  # the value matched the outer shape but an element is wrong: report that
+                    raise
+        raise _Mismatch(path, _describe(tp), value)
+    if origin is Literal:
+        if any(type(value) is type(a) and value == a for a in args):
+            return value
+        raise _Mismatch(path, _describe(tp), value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch(path, _describe(tp), value)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch(path, _describe(tp), value)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)
+        raise _Mismatch(path, _describe(tp), value)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch(path, _describe(tp), value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch(path, _describe(tp), value)
+        if len(args) == 2 and args[1] is Ellipsis:
+            elem = [args[0]] * len(value)
+        elif len(value) != len(args):
+            raise _Mismatch(path, _describe(tp), value)
+        else:
+            elem = args
+        out = []
+        for i, (v, t) in enumerate(zip(value, elem)):
+            try:
+                out.append(_convert(v, t, path + (f"[{i}]",), where))
+            except _Mismatch:  # name the whole list: "expected a list of 2 ints, got [1, 'x']"
+                raise _Mismatch(path, _describe(tp), value) from None
+        return tuple(out)
+    if tp is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise _Mismatch(path, _describe(tp), value)
+        if not args:
+            return _plain_data(value)
+        kt, vt = args
+        return {_convert(k, kt, path, where): _convert(v, vt, path + (str(k),), where) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise _Mismatch(path, _describe(tp), value)
+        return _build(tp, value, path, where)
+    raise TypeError(f"config field type {tp!r} at {'.'.join(path)} is not supported")
+
+
+def _plain_data(value):
+    """A deep copy of YAML-like data with tuples as lists and mapping keys as they are."""
+    if isinstance(value, Mapping):
+        return {k: _plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_data(v) for v in value]
+    return copy.deepcopy(value)
+
+
+def _field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _build(cls, data: Mapping, path: tuple, where: _Where):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            hint = difflib.get_close_matches(str(key), list(fields), n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else f"; known keys: {', '.join(fields)}"
+            kp = ".".join(path + (str(key),))
+            raise ConfigError(f"unknown config key '{kp}'{_fmt_where(where(path + (str(key),)))}{extra}")
+    kwargs = {}
+    for name, f in fields.items():
+        fp = path + (name,)
+        default = _field_default(f)
+        if name not in data:
+            if default is dataclasses.MISSING:
+                raise ConfigError(f"missing required config key '{'.'.join(fp)}'{_fmt_where(where(path))}")
+            continue
+        value = data[name]
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping) and default is not dataclasses.MISSING:
+            value = _merge(_plain(default), value)  # a section merges over its own defaults
+        try:
+            kwargs[name] = _convert(value, hints[name], fp, where)
+        except _Mismatch as e:
+            raise _error(e.path, f"expected {e.expected}, got {_short(e.value)}", where) from None
+    try:
+        return cls(**kwargs)
+    except _FieldError as e:  # the dataclass's own checks name the field (relative to this section)
+        raise _error(path + tuple(e.field.split(".")), e.msg, where) from None
+    except (ValueError, TypeError) as e:  # checks of classes defined elsewhere (TiODepthConfig)
+        raise _error(path, str(e), where) from None
+
+
+def build(cls, data: Mapping, *, source: str = "<dict>", where: _Where | None = None):
+    """A `cls` dataclass from plain data, with the same checks as `load_config`."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a configuration must be a mapping, got {_short(data)} in {source}")
+    where = where or _Where(source)
+    return _build(cls, data, (), where)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style mappings, flow-style lists of scalars ([252, 840])."""
+
+
+def _represent_list(dumper, data):
+    flow = all(not isinstance(v, (list, tuple, Mapping)) for v in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def dump_yaml(data: Mapping) -> str:
+    """YAML text of plain config data (`TrainConfig.to_dict()`), readable by `load_config`."""
+    return yaml.dump(_plain(data), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)
+
+
+def _plain(obj):
+    """Dataclasses -> dicts, tuples -> lists, recursively."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------------------------
+# YAML files, `_base` includes and overrides
+
+
+def _merge(base, over):
+    """Recursive merge: mappings merge, everything else (lists, scalars, null) replaces."""
+    if isinstance(base, Mapping) and isinstance(over, Mapping):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v) if k in base else _plain_data(v)
+        return out
+    return _plain_data(over)
+
+
+def _read_yaml(path: Path, where: _Where, stack: tuple = ()) -> dict:
+    """A YAML file with its `_base` includes resolved."""
+    shown = str(path)
+    if path.resolve() in stack:
+        chain = " -> ".join(str(p) for p in stack + (path.resolve(),))
+        raise ConfigError(f"circular _base include: {chain}")
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {shown}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML in {shown}: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{shown} must hold a mapping at the top level, got {_short(data)}")
+    data = dict(data)
+    bases = data.pop("_base", None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise ConfigError(f"_base: expected a file name or a list of file names, got {_short(bases)} in {shown}")
+    merged: dict = {}
+    for b in bases:
+        bp = path.parent / b
+        if not bp.exists():
+            raise ConfigError(f"_base: included file {str(bp)!r} does not exist (in {shown})")
+        merged = _merge(merged, _read_yaml(bp, where, stack + (path.resolve(),)))
+    where.record(data, shown)
+    return _merge(merged, data)
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """`'a.b=value'` -> (('a', 'b'), yaml.safe_load('value'))."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r}: expected key.sub=value")
+    path = tuple(key.split("."))
+    if any(not p or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) for p in path):
+        raise ConfigError(f"override {text!r}: {key!r} is not a dotted key path")
+    if path[0] == "_base":
+        raise ConfigError(f"override {text!r}: _base can only be used inside YAML files")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e})") from None
+    return path, value
+
+
+def apply_overrides(data: Mapping, overrides, where: _Where | None = None) -> dict:
+    """Apply `key.sub=value` strings to plain config data (mapping values merge, others replace)."""
+    out = _plain_data(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for i, k in enumerate(path[:-1]):
+            if k not in node or node[k] is None:
+                node[k] = {}
+            elif not isinstance(node[k], dict):
+                raise ConfigError(f"override {text!r}: '{'.'.join(path[:i + 1])}' is not a section "
+                                  f"(it holds {_short(node[k])})")
+            node = node[k]
+        last = path[-1]
+        node[last] = _merge(node[last], value) if isinstance(node.get(last), dict) else _plain_data(value)
+        if where is not None:
+            where.record(value, f"override {text!r}", path)
+    return out
+
+
+def load_config_dict(path, overrides=()) -> tuple[dict, _Where]:
+    """The merged plain data of a YAML file (with `_base` includes) and `overrides`, before type checking."""
+    where = _Where(str(path))
+    data = _read_yaml(Path(path), where)
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    return apply_overrides(data, overrides, where), where
+
+
+def load_config(path, overrides=()) -> TrainConfig:
+    """A `TrainConfig` from a YAML file and `key.sub=value` overrides; errors name the key path."""
+    data, where = load_config_dict(path, overrides)
+    return build(TrainConfig, data, source=str(path), where=where)
