@@ -100,6 +100,15 @@ def conv_transpose_kernel(w):  # PyTorch ConvTranspose2d (I, O, kh, kw) -> (kh, 
     return np.ascontiguousarray(w.transpose(2, 3, 0, 1))
 
 
+def torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:
+    """Our array back in PyTorch's layout: conv kernels HWIO -> OIHW, linear kernels (in, out) -> (out, in)."""
+    if leaf == "kernel" and value.ndim == 4:
+        return value.transpose(3, 2, 0, 1)
+    if leaf == "kernel" and value.ndim == 2:
+        return value.T
+    return value
+
+
 def generic_leaf(module_path: tuple, leaf: str, value: np.ndarray):
     """Map a PyTorch leaf name and tensor to the NNX leaf name and array, by layout.
 
