@@ -27,10 +27,10 @@ STAGES = (lambda m, vgg, batch, out: stages.stage1(m, vgg, batch),
           lambda m, vgg, batch, out: stages.stage3(m, batch, out))
 
 
-def init_state(model: nnx.Module, groups: tuple[GroupSpec, ...], frozen: tuple[str, ...]) -> dict:
+def init_state(model: nnx.Module, groups: tuple[GroupSpec, ...], frozen: tuple[str, ...], tx=None) -> dict:
     """{'params', 'batch_stats', 'opt': {group name: Adam state of that group's parameters}}."""
     _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    tx = adam()
+    tx = tx or adam()
     opt = {}
     for g in groups:
         params_g, _ = nnx.split_state(params, group_filter(g, frozen), ...)
@@ -51,14 +51,14 @@ def stage_loss(graphdef, vgg, loss_terms: dict, k: int, name: str):
 
 
 def make_step(graphdef, vgg_graphdef, groups: tuple[GroupSpec, ...], active: tuple[str, ...],
-              loss_terms: dict, frozen: tuple[str, ...]) -> Callable:
+              loss_terms: dict, frozen: tuple[str, ...], tx=None) -> Callable:
     """The iteration for the `active` groups (names, in training order).
 
     step(state, vgg_params, batch, lr_factors) -> (state, metrics); the VGG19 parameters (never trained)
     are an argument so that they are not baked into the compiled program.
     """
     by_name = {g.name: g for g in groups}
-    tx = adam()
+    tx = tx or adam()
 
     def step(state: dict, vgg_params, batch: dict, lr_factors: dict):
         vgg = nnx.merge(vgg_graphdef, vgg_params)

@@ -1,0 +1,48 @@
+"""python -m tiodepth_jax.train --config configs/<name>.yaml [key=value ...] [--resume]
+
+Trains TiO-Depth with the 3-stage schedule of the config (see configs/tiodepth_dinov2b.yaml for every key).
+`key.sub=value` arguments override config entries; `--resume` continues the run in the config's workdir
+from its newest checkpoint. Multi-host runs call jax.distributed.initialize() when mesh.distributed is
+true, or when it is 'auto' and the JAX_COORDINATOR_ADDRESS environment variable is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+
+from tiodepth_jax.config import ConfigError, load_config
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tiodepth_jax.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
+    ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the workdir")
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=2e-4 batch_size=4")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    distributed = cfg.mesh.distributed
+    if distributed is True or (distributed == "auto" and os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        jax.distributed.initialize()
+    from tiodepth_jax.train.loop import Trainer  # after distributed initialisation
+
+    trainer = Trainer(cfg)
+    (trainer.workdir / "config.yaml").write_text(cfg.to_yaml())
+    try:
+        trainer.run(resume=args.resume)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

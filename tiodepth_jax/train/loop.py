@@ -1,0 +1,298 @@
+"""The TiO-Depth training run: model and state on the mesh, the epoch loop, validation, logs, checkpoints.
+
+    python -m tiodepth_jax.train --config configs/demo.yaml [key=value ...] [--resume]
+
+Per epoch e (1-based) the active groups and their learning-rate factors follow the config's schedule;
+one compiled step exists per active-group set. The data order of epoch e is a permutation drawn from
+seed + e and each batch's augmentation from (seed, e, step), so a run resumed from a checkpoint (which
+records the epoch and the position inside it) sees exactly the batches an uninterrupted run would. Every
+step's losses are appended to <workdir>/losses.jsonl (rewound to the checkpoint on resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from tiodepth_jax.checkpoint import load_model
+from tiodepth_jax.colormap import colorize
+from tiodepth_jax.config import TrainConfig
+from tiodepth_jax.data.synthetic import SceneConfig, SyntheticStereo
+from tiodepth_jax.losses import TRAINING_LOSSES, terms_from_config
+from tiodepth_jax.metrics import depth_metrics, mean_metrics
+from tiodepth_jax.models.tiodepth import TiODepth
+from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
+from tiodepth_jax.train.checkpointing import TrainCheckpoints
+from tiodepth_jax.train.optim import GroupSpec, adam
+from tiodepth_jax.train.sharding import batch_sharding, make_mesh, replicated, state_shardings
+from tiodepth_jax.train.step import active_groups, init_state, lr_factors, make_step
+from tiodepth_jax.train.summary import SummaryWriter
+
+VAL_DEPTH = {"Mono": "mono_depth_0_s", "Stereo": "stereo_depth_0_s", "Refine": "refmono_depth_0_s"}
+LOWER_IS_BETTER = {"abs_rel": 1, "sq_rel": 1, "rmse": 1, "rmse_log": 1, "a1": -1, "a2": -1, "a3": -1}
+VAL_SEED_OFFSET = 1_000_000  # validation scenes never coincide with training scenes
+
+
+def datasets(cfg: TrainConfig):
+    """(training dataset at the full image size, validation dataset at the validation size)."""
+    if cfg.data.name != "synthetic":
+        raise ValueError(f"data.name {cfg.data.name!r}: only the 'synthetic' dataset is available so far "
+                         "(the KITTI pipeline is not implemented yet)")
+    opts = dict(cfg.data.synthetic)
+    scene = dict(opts.get("scene", {}))
+    base_seed = int(opts.get("base_seed", 0))
+    train = SyntheticStereo(SceneConfig(height=cfg.data.image_size[0], width=cfg.data.image_size[1], **scene),
+                            int(opts.get("size", 64)), base_seed=base_seed)
+    n_val = cfg.val.max_samples or int(opts.get("val_size", 8))
+    val = SyntheticStereo(SceneConfig(height=cfg.val.image_size[0], width=cfg.val.image_size[1], **scene),
+                          n_val, base_seed=base_seed + VAL_SEED_OFFSET)
+    return train, val
+
+
+def random_crop(batch: dict, size: tuple[int, int], rng: np.random.Generator) -> dict:
+    """One crop window for every image of the batch; K unchanged, as the original's crops (spec §6.5)."""
+    h, w = batch["color_s"].shape[1:3]
+    top, left = rng.integers(0, h - size[0] + 1), rng.integers(0, w - size[1] + 1)
+    crop = lambda a: a[:, top:top + size[0], left:left + size[1]]  # noqa: E731
+    return {k: crop(v) if v.ndim == 4 else v for k, v in batch.items()}
+
+
+def epoch_order(cfg: TrainConfig, n: int, epoch: int) -> np.ndarray:
+    """The (global) sample order of an epoch; the last incomplete batch is dropped (drop_last)."""
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.data.shuffle else np.arange(n)
+    return order[: n // cfg.batch_size * cfg.batch_size]
+
+
+def load_batch(cfg: TrainConfig, ds: SyntheticStereo, order: np.ndarray, epoch: int, step: int) -> dict:
+    """This process's share of global batch `step` of `epoch`, augmented and cropped deterministically."""
+    idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+    idx = idx[jax.process_index()::jax.process_count()]
+    rng = np.random.default_rng([cfg.seed, epoch, step, jax.process_index()])
+    batch = ds.batch(idx, rng=rng, color_aug_prob=cfg.data.color_aug_prob,
+                     flip_prob=0.5 if cfg.data.flip_mode == "img" else 0.0)
+    batch = random_crop(batch, cfg.crop_size, rng)
+    return {k: np.asarray(v, np.float32) for k, v in batch.items()}
+
+
+def to_global(batch: dict, sharding) -> dict:
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, mesh=None):
+        self.cfg = cfg
+        self.mesh = mesh or make_mesh(*cfg.mesh.shape(jax.device_count()))
+        self.workdir = Path(cfg.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.groups = tuple(GroupSpec(**cfg.optim.group_kwargs(name)) for name, _ in cfg.optim.groups)
+        self.frozen = cfg.model.frozen
+        self.tx = adam(*cfg.optim.betas, cfg.optim.eps)
+        self.loss_terms = ({g: terms_from_config(t) for g, t in cfg.losses.items()} if cfg.losses
+                           else TRAINING_LOSSES)
+        self.train_ds, self.val_ds = datasets(cfg)
+        self.batch_sharding = batch_sharding(self.mesh)
+        self._build_state()
+        self._steps: dict = {}
+        self._eval = None
+        self.checkpoints = TrainCheckpoints(cfg.checkpoint_dir, keep=cfg.checkpoint.keep or 1_000_000,
+                                            best_metric="val_score" if cfg.checkpoint.keep_best else None,
+                                            async_save=cfg.checkpoint.async_save, config=cfg.to_dict())
+        self.writer = SummaryWriter(cfg.log_dir, enabled=cfg.logging.tensorboard and jax.process_index() == 0)
+        self.val_reference: dict | None = None
+
+    # ----- model and state -------------------------------------------------------------------------------
+
+    def _build_state(self):
+        cfg = self.cfg
+
+        def create():
+            model = TiODepth(cfg.model, dtype=cfg.compute_dtype, remat=cfg.remat, rngs=nnx.Rngs(cfg.seed))
+            return init_state(model, self.groups, self.frozen, self.tx)
+
+        abstract_model = nnx.eval_shape(lambda: TiODepth(cfg.model, dtype=cfg.compute_dtype, remat=cfg.remat,
+                                                         rngs=nnx.Rngs(0)))
+        self.graphdef = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)[0]
+        abstract_state = jax.eval_shape(create)
+        self.state_sharding = state_shardings(abstract_state, self.mesh)
+        self.state = jax.jit(create, out_shardings=self.state_sharding)()  # created sharded, one compile
+        if cfg.init_from:
+            self.state["params"] = self._encoder_from(cfg.init_from, self.state["params"])
+        if cfg.vgg_from:
+            vgg = load_model(cfg.vgg_from, kind="vgg19_features", dtype=cfg.compute_dtype)
+        else:
+            print("warning: vgg_from is not set; the perceptual loss uses a randomly initialised VGG19")
+            vgg = jax.jit(lambda: nnx.split(VGG19Features(VGG19Config(), dtype=cfg.compute_dtype,
+                                                          rngs=nnx.Rngs(cfg.seed + 1))))()
+            vgg = nnx.merge(*vgg)
+        self.vgg_graphdef, vgg_params = nnx.split(vgg)
+        self.vgg_params = jax.device_put(vgg_params, replicated(self.mesh))
+
+    def _encoder_from(self, path: str, params):
+        """Encoder parameters from a converted Depth-Anything-V2 checkpoint of the same variant."""
+        dav2 = load_model(path, kind="depth_anything_v2")
+        want = self.cfg.model.encoder_config()
+        if (dav2.cfg.variant, dav2.cfg.dinov2.depth) != (want.variant, want.dinov2.depth):
+            raise ValueError(f"init_from {path}: a {dav2.cfg.variant} model with {dav2.cfg.dinov2.depth} blocks, "
+                             f"but model.variant is {want.variant} with {want.dinov2.depth} blocks")
+        source = {tuple(k): v for k, v in nnx.to_flat_state(nnx.state(dav2, nnx.Param))}
+        flat = dict(nnx.to_flat_state(params))
+        missing = [k for k in flat if k[0] == "encoder" and k[1:] not in source]
+        if missing:
+            raise ValueError(f"init_from {path}: no tensor for {['.'.join(map(str, m)) for m in missing[:5]]}")
+        for k, v in flat.items():
+            if k[0] == "encoder":
+                v[...] = jax.device_put(jnp.asarray(source[k[1:]][...]), v[...].sharding)
+        print(f"encoder initialised from {path}")
+        return nnx.from_flat_state(flat)
+
+    def step_fn(self, active: tuple[str, ...]):
+        if active not in self._steps:
+            step = make_step(self.graphdef, self.vgg_graphdef, self.groups, active, self.loss_terms, self.frozen,
+                             self.tx)
+            rep = replicated(self.mesh)
+            self._steps[active] = jax.jit(
+                step, in_shardings=(self.state_sharding, rep, self.batch_sharding, rep),
+                out_shardings=(self.state_sharding, rep), donate_argnums=(0,))
+        return self._steps[active]
+
+    def model(self):
+        """The current model (eval use)."""
+        return nnx.merge(self.graphdef, self.state["params"], self.state["batch_stats"])
+
+    # ----- the run ---------------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False) -> dict:
+        cfg = self.cfg
+        epoch, start_step, global_step = 1, 0, 0
+        latest = self.checkpoints.latest_step()
+        if latest is not None and (resume or cfg.checkpoint.resume):
+            self.state, meta = self.checkpoints.restore(self.state)
+            epoch, start_step, global_step = meta["epoch"], meta["step_in_epoch"], meta["global_step"]
+            self.val_reference = meta.get("val_reference")
+            print(f"resumed from {cfg.checkpoint_dir} step {latest}: epoch {epoch}, batch {start_step}")
+        elif resume:
+            raise FileNotFoundError(f"--resume: no checkpoint in {cfg.checkpoint_dir}")
+        elif latest is not None:
+            raise FileExistsError(f"{cfg.checkpoint_dir} already holds checkpoints; pass --resume to continue "
+                                  "that run or choose another workdir")
+        self._rewind_loss_log(global_step)
+        last_val = {}
+        if global_step == 0 and cfg.val.at_start and cfg.val.every_n_epochs:
+            last_val = self.validate(epoch=0, global_step=0)
+        n_steps = len(self.train_ds) // cfg.batch_size
+        if n_steps == 0:
+            raise ValueError(f"the dataset has {len(self.train_ds)} samples, fewer than batch_size {cfg.batch_size}")
+        while epoch <= cfg.epochs:
+            active = active_groups(self.groups, epoch)
+            factors = lr_factors(self.groups, epoch)
+            step = self.step_fn(active)
+            order = epoch_order(cfg, len(self.train_ds), epoch)
+            bar = tqdm(range(start_step, n_steps), desc=f"epoch {epoch}/{cfg.epochs}", initial=start_step,
+                       total=n_steps, disable=jax.process_index() != 0)
+            for i in bar:
+                t0 = time.perf_counter()
+                batch = to_global(load_batch(cfg, self.train_ds, order, epoch, i), self.batch_sharding)
+                self.state, metrics = step(self.state, self.vgg_params, batch, factors)
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                global_step += 1
+                if not np.isfinite(metrics["loss"]):
+                    self._save(epoch, i + 1, global_step, metrics)
+                    raise FloatingPointError(f"loss is {metrics['loss']} at epoch {epoch} batch {i}; state saved")
+                ips = cfg.batch_size / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{ips:.2f}")
+                self._log_step(global_step, epoch, metrics, ips, factors)
+                if cfg.checkpoint.every_n_steps and global_step % cfg.checkpoint.every_n_steps == 0:
+                    self._save(epoch, i + 1, global_step, metrics)
+            start_step = 0
+            if cfg.val.every_n_epochs and epoch % cfg.val.every_n_epochs == 0:
+                last_val = self.validate(epoch, global_step)
+            epoch += 1
+            if cfg.checkpoint.every_n_epochs and (epoch - 1) % cfg.checkpoint.every_n_epochs == 0:
+                self._save(epoch, 0, global_step, last_val)
+        self.checkpoints.close()
+        self.writer.close()
+        return last_val
+
+    def _save(self, epoch: int, step_in_epoch: int, global_step: int, metrics: dict):
+        meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "seed": self.cfg.seed,
+                "val_reference": self.val_reference}
+        self.checkpoints.save(global_step, self.state, meta, {k: v for k, v in metrics.items() if k == "val_score"})
+
+    # ----- logs ------------------------------------------------------------------------------------------
+
+    def _loss_log(self) -> Path:
+        return self.workdir / "losses.jsonl"
+
+    def _rewind_loss_log(self, global_step: int):
+        """Keep only the entries up to the restored step (a killed run may have logged past its checkpoint)."""
+        log = self._loss_log()
+        if jax.process_index() != 0 or not log.exists():
+            return
+        lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= global_step]
+        log.write_text("".join(ln + "\n" for ln in lines))
+
+    def _log_step(self, global_step, epoch, metrics, ips, factors):
+        if jax.process_index() != 0:
+            return
+        with self._loss_log().open("a") as f:
+            f.write(json.dumps({"step": global_step, "epoch": epoch, **metrics}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.cfg.logging.every_n_steps and global_step % self.cfg.logging.every_n_steps == 0:
+            self.writer.scalars({f"train/{k}": v for k, v in metrics.items()}, global_step)
+            self.writer.scalars({f"lr/{g.name}": g.lr * float(factors[g.name]) for g in self.groups}, global_step)
+            self.writer.scalar("train/images_per_second", ips, global_step)
+
+    # ----- validation ------------------------------------------------------------------------------------
+
+    def validate(self, epoch: int, global_step: int) -> dict:
+        """Depth metrics of every validated path against the ground truth; returns {'val/<path>/<metric>'}."""
+        cfg = self.cfg
+        if self._eval is None:
+            self._eval = nnx.jit(lambda m, b: {k: m.inference(b, cfg.val.modes)[k] for k in
+                                               (VAL_DEPTH[p] for p in cfg.val.modes)})
+        model = self.model()
+        per_mode: dict = {mode: [] for mode in cfg.val.modes}
+        bs = cfg.val.batch_size
+        first = None
+        for start in range(0, len(self.val_ds), bs):
+            b = self.val_ds.batch(range(start, min(start + bs, len(self.val_ds))))
+            inputs = {k: jnp.asarray(b[k]) for k in ("color_s", "color_o", "direct")}
+            out = jax.device_get(self._eval(model, inputs))
+            for mode in cfg.val.modes:
+                for pred, gt in zip(out[VAL_DEPTH[mode]][..., 0], b["depth_gt"][..., 0]):
+                    per_mode[mode].append(depth_metrics(pred, gt, min_depth=cfg.val.min_depth,
+                                                        max_depth=cfg.val.max_depth, mask_mode="valid"))
+            first = first or (out, b)
+        result = {f"val/{mode}/{k}": v for mode, ms in per_mode.items() for k, v in mean_metrics(ms).items()}
+        result["val_score"] = self._score(result)
+        if jax.process_index() == 0:
+            self.writer.scalars(result, global_step)
+            out, b = first
+            for mode in cfg.val.modes:
+                self.writer.image(f"val/{mode}/inverse_depth", colorize(1 / out[VAL_DEPTH[mode]][0, ..., 0]),
+                                  global_step)
+            self.writer.image("val/ground_truth/inverse_depth",
+                              colorize(1 / np.maximum(b["depth_gt"][0, ..., 0], 1e-3)), global_step)
+            table = "  ".join(f"{mode}: AbsRel {result[f'val/{mode}/abs_rel']:.4f} RMSE {result[f'val/{mode}/rmse']:.3f}"
+                              f" A1 {result[f'val/{mode}/a1']:.3f}" for mode in cfg.val.modes)
+            print(f"validation after epoch {epoch}: {table}")
+        return result
+
+    def _score(self, result: dict) -> float:
+        """The original's "best" rule: the mean relative change of the 7 depth metrics of the last validated
+        path against the first validation (lower is better; signs per metric)."""
+        mode = self.cfg.val.modes[-1]
+        now = {k: result[f"val/{mode}/{k}"] for k in LOWER_IS_BETTER}
+        if self.val_reference is None:
+            self.val_reference = now
+        ref = self.val_reference
+        return float(np.mean([s * (now[k] - ref[k]) / max(abs(ref[k]), 1e-12) for k, s in LOWER_IS_BETTER.items()]))
