@@ -90,9 +90,10 @@ def test_demo_is_small_and_runs_all_stages():
     cfg = load_config(CONFIGS / "demo.yaml")
     assert cfg.data.name == "synthetic" and cfg.init_from is None and cfg.vgg_from is None
     assert cfg.model.variant == "vits" and cfg.model.encoder_depth == 2 and cfg.model.encoder_taps == (0, 1, 1, 1)
-    assert cfg.batch_size == 2 and cfg.epochs <= 6 and max(cfg.crop_size) <= 168
+    assert cfg.batch_size == 2 and cfg.epochs <= 10 and max(cfg.crop_size) <= 168
     assert all(g.active(cfg.epochs) for _, g in cfg.optim.groups)
-    assert [g.st_epoch for _, g in cfg.optim.groups] == [1, 2, 3]
+    starts = [g.st_epoch for _, g in cfg.optim.groups]
+    assert starts[0] == 1 and starts == sorted(set(starts))
     assert cfg.val.every_n_epochs == 1 and cfg.checkpoint.every_n_epochs == 1
     assert cfg.data.require_root() is None
     synthetic = pytest.importorskip("tiodepth_jax.data.synthetic")  # the options fit the dataset

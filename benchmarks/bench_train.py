@@ -1,0 +1,78 @@
+"""Time one TiO-Depth training iteration for each active-group set (epochs 1, 21, 31 of the schedule).
+
+    python -m benchmarks.bench_train                          # DINOv2-B, 252x840, batch 1, float32
+    python -m benchmarks.bench_train --batch 8 --dtype bfloat16 --iters 5
+
+Random weights (encoder, decoder, VGG19) and a generated stereo batch at the crop size; the frozen
+encoder and the three per-group Adam states of the seed config. Prints the compile time (AOT), the
+median seconds per iteration, images/s and, on GPUs, the peak device memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from tiodepth_jax.data.synthetic import SceneConfig, make_batch
+from tiodepth_jax.losses import TRAINING_LOSSES
+from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
+from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
+from tiodepth_jax.train.optim import default_groups
+from tiodepth_jax.train.step import active_groups, init_state, lr_factors, make_step
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variant", default="vitb")
+    ap.add_argument("--size", type=int, nargs=2, default=(252, 840))
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ap.add_argument("--epochs", type=int, nargs="+", default=(1, 21, 31))
+    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--remat", action="store_true")
+    args = ap.parse_args(argv)
+    dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
+    cfg = TiODepthConfig(variant=args.variant, image_size=tuple(args.size))
+    groups = default_groups()
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); random weights; "
+          f"{args.variant} {args.size[0]}x{args.size[1]} batch {args.batch} {args.dtype}")
+
+    def create():
+        model = TiODepth(cfg, dtype=dtype, remat=args.remat, rngs=nnx.Rngs(0))
+        vgg = VGG19Features(VGG19Config(), dtype=dtype, rngs=nnx.Rngs(1))
+        return init_state(model, groups, cfg.frozen), nnx.split(vgg)[1]
+
+    state, vgg_params = jax.jit(create)()
+    graphdef = nnx.split(nnx.eval_shape(lambda: TiODepth(cfg, dtype=dtype, remat=args.remat, rngs=nnx.Rngs(0))),
+                         nnx.Param, nnx.BatchStat)[0]
+    vgg_graphdef = nnx.graphdef(nnx.eval_shape(lambda: VGG19Features(VGG19Config(), dtype=dtype, rngs=nnx.Rngs(1))))
+    scene = SceneConfig(height=args.size[0], width=args.size[1])
+    batch = {k: jnp.asarray(v) for k, v in make_batch(scene, list(range(args.batch))).items()}
+    for epoch in args.epochs:
+        active = active_groups(groups, epoch)
+        step = jax.jit(make_step(graphdef, vgg_graphdef, groups, active, TRAINING_LOSSES, cfg.frozen),
+                       donate_argnums=(0,))
+        factors = lr_factors(groups, epoch)
+        t0 = time.perf_counter()
+        compiled = step.lower(state, vgg_params, batch, factors).compile()
+        compile_s = time.perf_counter() - t0
+        times = []
+        for _ in range(args.iters + 1):  # the first call is a warm-up
+            t0 = time.perf_counter()
+            state, metrics = compiled(state, vgg_params, batch, factors)
+            jax.block_until_ready((state, metrics))
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times[1:])
+        mem = jax.devices()[0].memory_stats() or {}
+        peak = f", peak {mem['peak_bytes_in_use'] / 2**30:.2f} GiB" if "peak_bytes_in_use" in mem else ""
+        print(f"epoch {epoch:2d} groups {'+'.join(g[-1] for g in active):5s}: compile {compile_s:6.1f} s, "
+              f"{med:7.3f} s/iter, {args.batch / med:7.2f} images/s{peak} (loss {float(metrics['loss']):.4f})")
+
+
+if __name__ == "__main__":
+    main()
