@@ -100,7 +100,7 @@ def test_demo_is_small_and_runs_all_stages():
     SceneConfig, SyntheticStereo = synthetic.SceneConfig, synthetic.SyntheticStereo
     opts = dict(cfg.data.synthetic)
     scene = SceneConfig(height=cfg.crop_size[0], width=cfg.crop_size[1], **opts.pop("scene"))
-    assert len(SyntheticStereo(scene, **opts)) == 8
+    assert len(SyntheticStereo(scene, **opts)) == opts["size"]
 
 
 # --------------------------------------------------------------------------------------------------------
