@@ -139,7 +139,7 @@ def train_outputs(fs: FixtureSet) -> dict:
         batch = inputs(fs, size)
         vgg, report = convert_vgg19_features(fs.state_dict("vgg"))
         assert not report.missing and not report.unexpected
-        model = model_for(fs)
+        model = nnx.clone(model_for(fs))  # training mode updates BatchNorm statistics in place
         s1 = nnx.jit(stages.stage1)(model, vgg, batch)
         s2 = nnx.jit(stages.stage2)(model, batch, s1)
         s3 = nnx.jit(stages.stage3)(model, batch, s2)
