@@ -237,6 +237,7 @@ def convert_tensors(model_fn, sd: dict[str, np.ndarray], map_key, *, ignored: di
     check_params({p: s for p, s in expected.items() if p not in partial}, produced, report, sources)
     report.missing[n_missing:] = sorted(source_name(p, None) for p in expected if p not in produced and p not in partial)
     report.converted = sum(len(b) for b in per_block.values()) + sum(1 for p in produced if p in sources)
+    report.unexpected.sort()
     report.check(allow_missing, what)
     values = dict(produced)
     if report.missing:  # only with allow_missing: start from the model's own initialisation

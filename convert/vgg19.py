@@ -16,12 +16,10 @@ import argparse
 import re
 import sys
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convert.common import (ConversionError, ConversionReport, check_params, conv_kernel, path_str,
-                            read_state_dict, unflatten)
+from convert.common import ConversionError, conv_kernel, convert_tensors, path_str, read_state_dict
 from tiodepth_jax.checkpoint import save_model
 from tiodepth_jax.models.vgg import LAYERS, SLICE_END, VGG19Config, VGG19Features
 
@@ -53,35 +51,24 @@ def convert_vgg19_features(sd: dict[str, np.ndarray], cfg: VGG19Config | None = 
                            allow_missing: bool = False):
     """{torchvision name: array} -> (VGG19Features with those weights, ConversionReport)."""
     cfg = cfg or VGG19Config()
-    abstract = nnx.eval_shape(lambda: VGG19Features(cfg, rngs=nnx.Rngs(0)))
-    graphdef, abs_params, rest = nnx.split(abstract, nnx.Param, ...)
-    expected = {tuple(k): tuple(v.shape) for k, v in nnx.to_flat_state(abs_params)}
-    report = ConversionReport()
-    produced, sources = {}, {}
+    ignored = {}
     for key, value in sd.items():
-        value = np.asarray(value)
-        kind, *info = map_key(key, value, cfg)
+        kind, *info = map_key(key, np.asarray(value), cfg)
         if kind == "ignored":
-            report.ignored[key] = info[0]
-        elif kind == "unexpected":
-            report.unexpected.append(key)
-        else:
-            path, arr = info
-            produced[path], sources[path] = arr, (key, tuple(value.shape))
-    check_params(expected, produced, report, sources)
+            ignored[key] = info[0]
+
+    def param_key(key: str, value: np.ndarray):
+        kind, *info = map_key(key, value, cfg)
+        if kind != "param":
+            raise ConversionError(key)
+        path, arr = info
+        return path, arr, None
+
     torch_name = {(name, "kernel"): f"features.{tv}.weight" for name, tv, *_ in cfg.layers}
     torch_name.update({(name, "bias"): f"features.{tv}.bias" for name, tv, *_ in cfg.layers})
-    missing_paths = [p for p in expected if p not in produced]
-    report.missing = sorted(f"{torch_name[p]} ({path_str(p)})" for p in missing_paths)
-    report.unexpected = sorted(report.unexpected)
-    report.converted = sum(1 for p in produced if p in expected)
-    report.check(allow_missing, "VGG19 features conversion")
-    values = {p: v for p, v in produced.items() if p in expected}
-    if missing_paths:  # only with allow_missing: start from a random initialisation
-        init = nnx.state(VGG19Features(cfg, rngs=nnx.Rngs(0)), nnx.Param)
-        values.update({tuple(k): np.asarray(v) for k, v in nnx.to_flat_state(init) if tuple(k) in missing_paths})
-    nnx.replace_by_pure_dict(abs_params, unflatten({p: jnp.asarray(values[p], jnp.float32) for p in expected}))
-    return nnx.merge(graphdef, abs_params, rest), report
+    return convert_tensors(lambda: VGG19Features(cfg, rngs=nnx.Rngs(0)), sd, param_key, ignored=ignored,
+                           allow_missing=allow_missing, what="VGG19 features conversion",
+                           source_name=lambda path, _: f"{torch_name[path]} ({path_str(path)})")
 
 
 def main(argv=None) -> int:
