@@ -38,14 +38,6 @@ def model_kind(model: nnx.Module) -> str:
     raise TypeError(f"no checkpoint kind is registered for {type(model).__name__}")
 
 
-def build_model(kind: str, config: dict, *, dtype=jnp.float32, rngs: nnx.Rngs | None = None):
-    """A freshly initialised model of `kind` from its config dict."""
-    if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(MODEL_KINDS)}")
-    cls, cfg_cls = MODEL_KINDS[kind]
-    return cls(cfg_cls.from_dict(config), dtype=dtype, rngs=rngs or nnx.Rngs(0))
-
-
 def save_model(path: str | os.PathLike, model: nnx.Module, *, source: dict | None = None) -> Path:
     """Write `model`'s parameters and config to the directory `path` (which must not exist yet)."""
     path = Path(path).absolute()
@@ -98,15 +90,3 @@ def load_model(path: str | os.PathLike, *, kind: str | None = None, dtype=jnp.fl
                          f"(truncated, or not written for this {meta['kind']} config): {e}") from e
     nnx.replace_by_pure_dict(abs_params, restored)
     return nnx.merge(graphdef, abs_params, rest)
-
-
-def model_param_shapes(model: nnx.Module) -> dict[tuple, tuple]:
-    """{state path: shape} of a model's parameters (used by the converters to check coverage)."""
-    flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
-    return {tuple(k): tuple(v.shape) for k, v in flat}
-
-
-def abstract_model(kind: str, config: dict) -> nnx.Module:
-    """A shape-only model (no memory) for inspecting parameter paths and shapes."""
-    return nnx.eval_shape(lambda: build_model(kind, config))
-

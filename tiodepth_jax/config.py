@@ -290,10 +290,6 @@ class MeshConfig:
         if self.data == -1 and self.fsdp == -1:
             _fail("fsdp", "only one mesh axis can be -1")
 
-    @property
-    def axis_names(self) -> tuple[str, str]:
-        return MESH_AXES
-
     def shape(self, num_devices: int) -> tuple[int, int]:
         """(data, fsdp) sizes for `num_devices` devices, resolving -1."""
         sizes = [self.data, self.fsdp]

@@ -58,20 +58,6 @@ def default_groups() -> tuple[GroupSpec, ...]:
             GroupSpec("param_group3", {"MO": 1.0, "DE": 0.1}, 31, (40, 45)))
 
 
-def parse_params_trained(spec: str) -> list[dict[str, float]]:
-    """The original's `Unified-<G1>-<G2>-<G3>` grammar -> [{member: rate}] for the three groups."""
-    if not spec.startswith("Unified-") or spec.count("-") != 3:
-        raise ValueError(f"params_trained {spec!r}: expected 'Unified-<G1>-<G2>-<G3>'")
-    groups = []
-    for part in spec.split("-")[1:]:
-        rates = {}
-        for item in filter(None, part.split("+")):
-            name, _, rate = item.partition("*")
-            rates[name] = float(rate)
-        groups.append(rates)
-    return groups
-
-
 def member(path: tuple) -> str:
     """'CA' | 'MO' | 'DE' for decoder variables, 'ENC' for the encoder (spec §2.8)."""
     if path[0] != "decoder":
