@@ -145,7 +145,7 @@ def _source_index(scale, n_out, align_corners, cubic):
     dst = np.arange(n_out, dtype=np.float32)
     if align_corners:
         return scale * dst
-    src = _fma(scale, dst + np.float32(0.5), np.float32(-0.5))
+    src = fma_float32(scale, dst + np.float32(0.5), np.float32(-0.5))
     return src if cubic else np.maximum(src, np.float32(0))
 
 
@@ -185,21 +185,22 @@ def _cubic_coefficients(t):
 def _cubic_convolution1(x):
     """``((A + 2) * x - (A + 3)) * x * x + 1`` for |x| <= 1, with the inner multiply-add fused."""
     a = _CUBIC_A
-    return _fma(a + np.float32(2), x, -(a + np.float32(3))) * x * x + np.float32(1)
+    return fma_float32(a + np.float32(2), x, -(a + np.float32(3))) * x * x + np.float32(1)
 
 
 def _cubic_convolution2(x):
     """``((A * x - 5A) * x + 8A) * x - 4A`` for 1 < |x| < 2, with the two inner multiply-adds fused."""
     a = _CUBIC_A
-    return _fma(_fma(a, x, -(np.float32(5) * a)), x, np.float32(8) * a) * x - np.float32(4) * a
+    return fma_float32(fma_float32(a, x, -(np.float32(5) * a)), x, np.float32(8) * a) * x - np.float32(4) * a
 
 
-def _fma(a, b, c):
+def fma_float32(a, b, c):
     """float32 fused multiply-add ``round(a * b + c)``, emulated in float64 (where ``a * b`` is exact).
 
     PyTorch's CPU binaries are compiled with floating-point contraction, so some of its float32
     ``a * b + c`` expressions are rounded once; which ones was established by reading back the
-    weights of ``F.interpolate`` on one-hot inputs (torch 2.13, x86-64).
+    weights of ``F.interpolate`` (and ``F.affine_grid``) on one-hot inputs (torch 2.13, x86-64). Used at trace
+    time to build index and weight tables, never on traced values.
     """
     return (np.float64(a) * np.float64(b) + np.float64(c)).astype(np.float32)
 

@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .resize import fma_float32
+
 _PADDING_MODES = ("zeros", "border")
 
 
@@ -64,17 +66,12 @@ def _linspace_from_neg_one(n, align_corners):
     step = np.float32(2) / np.float32(n - 1)
     i = np.arange(n)
     half = n // 2
-    first = _fma(step, i[:half].astype(np.float32), np.float32(-1))
-    second = _fma(-step, (n - 1 - i[half:]).astype(np.float32), np.float32(1))
+    first = fma_float32(step, i[:half].astype(np.float32), np.float32(-1))
+    second = fma_float32(-step, (n - 1 - i[half:]).astype(np.float32), np.float32(1))
     values = np.concatenate([first, second])
     if not align_corners:
         values = values * np.float32(n - 1) / np.float32(n)
     return values
-
-
-def _fma(a, b, c):
-    """float32 fused multiply-add ``round(a * b + c)``, emulated in float64 (where ``a * b`` is exact)."""
-    return (np.float64(a) * np.float64(b) + np.float64(c)).astype(np.float32)
 
 
 def _unnormalize(coord, size, align_corners):
