@@ -9,12 +9,15 @@ name and refuses to write a partial model unless asked to.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import zipfile
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from tiodepth_jax.checkpoint import save_model
 
 WRAPPER_KEYS = ("model", "state_dict", "model_params", "module")
 
@@ -250,3 +253,18 @@ def convert_tensors(model_fn, sd: dict[str, np.ndarray], map_key, *, ignored: di
     dtypes = {tuple(k): v.dtype for k, v in nnx.to_flat_state(state)}
     nnx.replace_by_pure_dict(state, unflatten({p: jnp.asarray(values[p], dtypes[p]) for p in expected}))
     return nnx.merge(graphdef, state), report
+
+
+def run_conversion(checkpoint, out, convert, *, converter: str, describe) -> int:
+    """The body of every converter command: read `checkpoint`, `convert(state_dict) -> (model, report)`,
+    save to `out`, print the report. User errors (bad or missing file, mismatched tensors, existing output)
+    print one line and return exit code 2."""
+    try:
+        model, report = convert(read_state_dict(checkpoint))
+        path = save_model(out, model, source={"checkpoint": str(checkpoint), "converter": converter})
+    except (ConversionError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(f"wrote {describe(model)} to {path}")
+    return 0

@@ -20,8 +20,7 @@ import numpy as np
 from flax import nnx
 
 from convert.common import (ConversionError, conv_transpose_kernel, convert_tensors, generic_leaf,
-                            read_state_dict)
-from tiodepth_jax.checkpoint import save_model
+                            run_conversion)
 from tiodepth_jax.models.depth_anything_v2 import VARIANTS, DepthAnythingV2, DepthAnythingV2Config
 
 WIDTH_TO_VARIANT = {384: "vits", 768: "vitb", 1024: "vitl", 1536: "vitg"}
@@ -106,18 +105,12 @@ def main(argv=None) -> int:
     ap.add_argument("--allow-missing", action="store_true",
                     help="convert even if tensors are missing or unexpected (they are listed)")
     args = ap.parse_args(argv)
-    try:
-        sd = read_state_dict(args.checkpoint)
-        model, report = convert_state_dict(sd, variant=args.variant, depth=args.depth,
-                                           taps=tuple(args.taps) if args.taps else None,
-                                           allow_missing=args.allow_missing)
-        out = save_model(args.out, model, source={"checkpoint": str(args.checkpoint), "converter": __name__})
-    except (ConversionError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    print(f"wrote {model.cfg.variant} model ({model.cfg.dinov2.depth} blocks, taps {list(model.cfg.taps)}) to {out}")
-    return 0
+    taps = tuple(args.taps) if args.taps else None
+    return run_conversion(
+        args.checkpoint, args.out, converter=__name__,
+        convert=lambda sd: convert_state_dict(sd, variant=args.variant, depth=args.depth, taps=taps,
+                                              allow_missing=args.allow_missing),
+        describe=lambda m: f"{m.cfg.variant} model ({m.cfg.dinov2.depth} blocks, taps {list(m.cfg.taps)})")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ import numpy as np
 from flax import nnx
 
 from convert import depth_anything_v2 as dav2
-from convert.common import ConversionError, convert_tensors, generic_leaf, read_state_dict
-from tiodepth_jax.checkpoint import save_model
+from convert.common import ConversionError, convert_tensors, generic_leaf, run_conversion
 from tiodepth_jax.models.decoder import DPDecoder
 from tiodepth_jax.models.depth_anything_v2 import VARIANTS
 from tiodepth_jax.models.encoder import NORMALISATIONS, TiOEncoder
@@ -153,19 +152,14 @@ def main(argv=None) -> int:
     ap.add_argument("--allow-missing", action="store_true",
                     help="convert even if tensors are missing or unexpected (they are listed)")
     args = ap.parse_args(argv)
-    try:
-        sd = read_state_dict(args.checkpoint)
-        model, report = convert_state_dict(
-            sd, variant=args.variant, encoder_taps=tuple(args.taps) if args.taps else None,
-            image_size=tuple(args.image_size), min_disp=args.min_disp, max_disp=args.max_disp, d2d=args.d2d,
-            normalisation=args.normalisation, allow_missing=args.allow_missing)
-        out = save_model(args.out, model, source={"checkpoint": str(args.checkpoint), "converter": __name__})
-    except (ConversionError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    print(f"wrote TiO-Depth ({model.cfg.variant} encoder) to {out}")
-    return 0
+    taps = tuple(args.taps) if args.taps else None
+    return run_conversion(
+        args.checkpoint, args.out, converter=__name__,
+        convert=lambda sd: convert_state_dict(
+            sd, variant=args.variant, encoder_taps=taps, image_size=tuple(args.image_size),
+            min_disp=args.min_disp, max_disp=args.max_disp, d2d=args.d2d, normalisation=args.normalisation,
+            allow_missing=args.allow_missing),
+        describe=lambda m: f"TiO-Depth ({m.cfg.variant} encoder)")
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ import sys
 import numpy as np
 from flax import nnx
 
-from convert.common import ConversionError, conv_kernel, convert_tensors, path_str, read_state_dict
-from tiodepth_jax.checkpoint import save_model
+from convert.common import ConversionError, conv_kernel, convert_tensors, path_str, run_conversion
 from tiodepth_jax.models.vgg import LAYERS, SLICE_END, VGG19Config, VGG19Features
 
 _FEATURE = re.compile(r"^features\.(\d+)\.(weight|bias)$")
@@ -79,16 +78,9 @@ def main(argv=None) -> int:
     ap.add_argument("--allow-missing", action="store_true",
                     help="convert even if tensors are missing or unexpected (they are listed)")
     args = ap.parse_args(argv)
-    try:
-        sd = read_state_dict(args.checkpoint)
-        model, report = convert_vgg19_features(sd, allow_missing=args.allow_missing)
-        out = save_model(args.out, model, source={"checkpoint": str(args.checkpoint), "converter": __name__})
-    except (ConversionError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    print(f"wrote VGG19 features ({model.cfg.n_slices} slices) to {out}")
-    return 0
+    return run_conversion(args.checkpoint, args.out, converter=__name__,
+                          convert=lambda sd: convert_vgg19_features(sd, allow_missing=args.allow_missing),
+                          describe=lambda m: f"VGG19 features ({m.cfg.n_slices} slices)")
 
 
 if __name__ == "__main__":
