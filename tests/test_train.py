@@ -99,3 +99,13 @@ def test_unknown_config_key_is_named(tmp_path):
              f"workdir={tmp_path}"])
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 2 and "optim.betaz" in out
+
+
+@pytest.mark.parametrize("override, message", [("val.name=kitti", "val.name 'kitti'"),
+                                               ("data.flip_mode=k", "flip_mode 'k'")])
+def test_unavailable_data_settings_are_errors(override, message, tmp_path):
+    from tiodepth_jax.config import load_config
+    from tiodepth_jax.train.loop import datasets
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"workdir={tmp_path}", override])
+    with pytest.raises(ValueError, match=message):
+        datasets(cfg)

@@ -43,9 +43,12 @@ VAL_SEED_OFFSET = 1_000_000  # validation scenes never coincide with training sc
 
 def datasets(cfg: TrainConfig):
     """(training dataset at the full image size, validation dataset at the validation size)."""
-    if cfg.data.name != "synthetic":
-        raise ValueError(f"data.name {cfg.data.name!r}: only the 'synthetic' dataset is available so far "
-                         "(the KITTI pipeline is not implemented yet)")
+    for key, name in (("data.name", cfg.data.name), ("val.name", cfg.val_dataset[0])):
+        if name != "synthetic":
+            raise ValueError(f"{key} {name!r}: only the 'synthetic' dataset is available so far "
+                             "(the KITTI pipeline is not implemented yet)")
+    if cfg.data.flip_mode == "k":
+        raise ValueError("data.flip_mode 'k' (mirror without swapping views) is not implemented; use 'img' or 'none'")
     opts = dict(cfg.data.synthetic)
     scene = dict(opts.get("scene", {}))
     base_seed = int(opts.get("base_seed", 0))
