@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tiodepth_jax.data import augment as A
 from tiodepth_jax.data import synthetic as S
 from tiodepth_jax.ops.geometry import project_image
 
@@ -104,14 +105,6 @@ def test_warping_the_other_view_reproduces_the_target(flip):
     assert max(errors) < 0.005
 
 
-def test_apply_color_aug_by_hand():
-    img = np.array([[0.25, 0.5, 1.0]], np.float32)
-    aug = S.ColorAug(gamma=2.0, brightness=2.0, channels=np.array([1.0, 1.2, 0.8]))
-    # 0.25^2 * 2 = 0.125; 0.5^2 * 2 = 0.5, * 1.2 = 0.6; 1 * 2 -> clip 1, * 0.8 = 0.8
-    np.testing.assert_allclose(S.apply_color_aug(img, aug), [[0.125, 0.6, 0.8]], rtol=1e-6)
-    assert S.apply_color_aug(img, None) is img
-
-
 def _same_channel_maps(src_a, out_a, src_b, out_b, tol=1e-6):
     """True if one monotone map per channel sends both (src -> out) image pairs: sorted by input value,
     the outputs of the union never decrease (the augmentation is monotone in each channel)."""
@@ -132,8 +125,8 @@ def test_color_augmentation_shares_parameters_between_views():
     # Negative control: different parameters for the two views are detected.
     rng = np.random.default_rng(2)
     s, o = batch["color_s"][0], batch["color_o"][0]
-    aug_s, aug_o = S.draw_color_aug(rng, 1.0), S.draw_color_aug(rng, 1.0)
-    assert not _same_channel_maps(s, S.apply_color_aug(s, aug_s), o, S.apply_color_aug(o, aug_o))
+    aug_s, aug_o = A.draw_color_aug(rng, 1.0), A.draw_color_aug(rng, 1.0)
+    assert not _same_channel_maps(s, A.apply_color_aug(s, aug_s), o, A.apply_color_aug(o, aug_o))
     # With p = 0.5 some samples are left unchanged.
     batch = S.make_batch(CFG, range(8), rng=np.random.default_rng(3), flip_prob=0.0)
     unchanged = [np.array_equal(batch["color_s"][i], batch["color_s_aug"][i]) for i in range(8)]

@@ -20,14 +20,16 @@ faces) and the geometry of both views is consistent.
 
 Training batches follow spec §6.5 with NHWC images: ``color_s`` = left, ``color_o`` = right, ``direct`` = +1,
 ``T`` = identity with ``T[0, 3] = -baseline``; flip ('img' mode: swap the views and mirror both) and colour
-augmentation drawn from a numpy ``Generator``. The random resize / crop of §6.5 steps 5-6 is not applied: scenes
-are rendered directly at the training size.
+augmentation (:mod:`tiodepth_jax.data.augment`) drawn from a numpy ``Generator``. The random resize / crop of
+§6.5 steps 5-6 is not applied: scenes are rendered directly at the training size.
 """
 
 import dataclasses
 from typing import NamedTuple
 
 import numpy as np
+
+from tiodepth_jax.data.augment import apply_color_aug, draw_color_aug
 
 # KITTI's fixed intrinsics (fx, fy, cx, cy) and the raw image size (H, W) they refer to (spec §6.5 step 2, §7.3).
 KITTI_INTRINSICS = (721.54, 721.54, 609.56, 172.85)
@@ -233,31 +235,6 @@ def render_pair(cfg: SceneConfig, seed: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Training samples (spec §6.5)
-
-
-class ColorAug(NamedTuple):
-    """Colour augmentation parameters (spec §6.5 step 7): gamma, brightness, per-channel factors (3,)."""
-    gamma: float
-    brightness: float
-    channels: np.ndarray
-
-
-def draw_color_aug(rng: np.random.Generator, prob: float = 0.5) -> ColorAug | None:
-    """With probability ``prob``: gamma ~ U(0.8, 1.2), brightness ~ U(0.5, 2), channels ~ U(0.8, 1.2)^3; else None."""
-    if rng.random() >= prob:
-        return None
-    return ColorAug(rng.uniform(0.8, 1.2), rng.uniform(0.5, 2.0), rng.uniform(0.8, 1.2, 3))
-
-
-def apply_color_aug(img: np.ndarray, aug: ColorAug | None) -> np.ndarray:
-    """``I^gamma``, ``* brightness``, clip to <= 1, ``* channels``, clip to <= 1 (identity for None).
-
-    img: (..., 3) float32 in [0, 1] -> (..., 3) float32.
-    """
-    if aug is None:
-        return img
-    out = np.minimum(img ** np.float32(aug.gamma) * np.float32(aug.brightness), 1)
-    return np.minimum(out * aug.channels.astype(np.float32), 1).astype(np.float32)
 
 
 def make_sample(cfg: SceneConfig, seed: int, *, rng: np.random.Generator | None = None,
