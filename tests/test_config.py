@@ -23,7 +23,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 
 def minimal(tmp_path: Path, extra: str = "", name: str = "x.yaml") -> Path:
-    return write(tmp_path, name, "workdir: runs/x\ndata:\n  name: kitti\n" + extra)
+    return write(tmp_path, name, "workdir: runs/x\ndata:\n  name: kitti_raw\n" + extra)
 
 
 def raises(match: str):
@@ -41,7 +41,7 @@ def test_every_shipped_config_loads_and_round_trips():
         cfg = load_config(path)
         assert TrainConfig.from_dict(cfg.to_dict()) == cfg, path.name
         assert TrainConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg, path.name
-        assert cfg.data.name != "kitti" or cfg.data.root is None  # the user sets the KITTI root
+        assert cfg.data.name != "kitti_raw" or cfg.data.data_dir is None  # the user sets the KITTI root
 
 
 def test_dinov2b_is_the_original_setup():
@@ -49,12 +49,13 @@ def test_dinov2b_is_the_original_setup():
     assert cfg.model.variant == "vitb" and cfg.model.normalisation == "fork" and cfg.model.frozen == ("encoder",)
     assert cfg.model.image_size == (252, 840) == cfg.crop_size and cfg.data.image_size == (378, 1260)
     assert (cfg.batch_size, cfg.epochs, cfg.seed) == (8, 50, 2021)
-    assert cfg.data.name == "kitti" and cfg.init_from == "checkpoints/dav2_vitb"
+    assert cfg.data.name == "kitti_raw" and cfg.init_from == "checkpoints/dav2_vitb"
     assert cfg.optim.betas == (0.5, 0.999) and cfg.optim.lr == 1e-4 and cfg.optim.eps == 1e-8
     assert cfg.optim.params_trained == "Unified-BB*1-CA*1+DE*0.1-MO*1+DE*0.1"
     assert [g.st_epoch for _, g in cfg.optim.groups] == [1, 21, 31]
     assert [g.milestones for _, g in cfg.optim.groups] == [(20, 30, 40, 45), (30, 40, 45), (40, 45)]
-    assert cfg == TrainConfig.from_dict({"workdir": cfg.workdir, "data": {"name": "kitti", "crop_size": [252, 840]},
+    assert cfg == TrainConfig.from_dict({"workdir": cfg.workdir, "data": {"name": "kitti_raw", "crop_size": [252, 840]},
+                                         "val": {"name": "kitti_eigen_test/raw"},
                                          "init_from": cfg.init_from, "vgg_from": cfg.vgg_from})  # = the defaults
     # spec §6.2 learning-rate table
     o = cfg.optim
@@ -70,8 +71,8 @@ def test_dinov2b_is_the_original_setup():
                 assert o.member_lrs(name, epoch) == pytest.approx(want)
     assert o.group_kwargs("param_group2") == {"name": "param_group2", "rates": {"CA": 1.0, "DE": 0.1},
                                               "st_epoch": 21, "milestones": (30, 40, 45), "gamma": 0.5, "lr": 1e-4}
-    with raises("data.root is not set"):
-        cfg.data.require_root()
+    with raises("data.data_dir is not set"):
+        cfg.data.require_data_dir()
     assert cfg.checkpoint_dir == str(Path("runs/tiodepth_dinov2b/checkpoints"))
 
 
@@ -95,7 +96,7 @@ def test_demo_is_small_and_runs_all_stages():
     starts = [g.st_epoch for _, g in cfg.optim.groups]
     assert starts[0] == 1 and starts == sorted(set(starts))
     assert cfg.val.every_n_epochs == 1 and cfg.checkpoint.every_n_epochs == 1
-    assert cfg.data.require_root() is None
+    assert cfg.data.require_data_dir() is None
     synthetic = pytest.importorskip("tiodepth_jax.data.synthetic")  # the options fit the dataset
     SceneConfig, SyntheticStereo = synthetic.SceneConfig, synthetic.SyntheticStereo
     opts = dict(cfg.data.synthetic)
@@ -153,7 +154,7 @@ def test_bad_values_name_the_key(tmp_path):
     with raises("model.image_size: [250, 840] must be positive multiples of 14"):
         load_config(minimal(tmp_path, "model:\n  image_size: [250, 840]\n"))
     with raises("data.crop_size: [126, 420] must equal model.image_size [252, 840]"):
-        load_config(minimal(tmp_path, "data:\n  name: kitti\n  crop_size: [126, 420]\n"))
+        load_config(minimal(tmp_path, "data:\n  name: kitti_raw\n  crop_size: [126, 420]\n"))
     with raises("optim.param_group2.st_epoch: the groups must start in order"):
         load_config(minimal(tmp_path, "optim:\n  param_group2: {st_epoch: 40}\n"))
     with raises("optim.param_group1.milestones: must be strictly increasing"):
@@ -172,7 +173,7 @@ def test_bad_values_name_the_key(tmp_path):
 
 def test_missing_required_keys(tmp_path):
     with raises(f"missing required config key 'data.name' in {tmp_path / 'y.yaml'}"):
-        load_config(write(tmp_path, "y.yaml", "workdir: w\ndata:\n  root: /x\n"))
+        load_config(write(tmp_path, "y.yaml", "workdir: w\ndata:\n  data_dir: /x\n"))
     with raises("missing required config key 'workdir'"):
         load_config(write(tmp_path, "z.yaml", "data: {name: synthetic}\n"))
     with raises("missing required config key 'data'"):
@@ -186,10 +187,10 @@ def test_missing_required_keys(tmp_path):
 
 
 def test_overrides(tmp_path):
-    cfg = load_config(BASE, ["optim.lr=2e-4", "model.variant=vits", "data.root=/data/kitti"])
+    cfg = load_config(BASE, ["optim.lr=2e-4", "model.variant=vits", "data.data_dir=/data/kitti"])
     assert cfg.optim.lr == 2e-4 and isinstance(cfg.optim.lr, float)  # YAML reads 2e-4 as a string
     assert cfg.optim.member_lrs("param_group2", 21) == pytest.approx({"CA": 2e-4, "DE": 2e-5})
-    assert cfg.model.variant == "vits" and cfg.data.require_root() == "/data/kitti"
+    assert cfg.model.variant == "vits" and cfg.data.require_data_dir() == "/data/kitti"
     cfg = load_config(BASE, ["model.image_size=[126, 420]", "data.crop_size=null", "init_from=null",
                              "optim.param_group2={lr: 1e-3}", "mesh.distributed=false", "losses.param_group3=[]"])
     assert cfg.model.image_size == (126, 420) == cfg.crop_size and cfg.init_from is None
@@ -226,7 +227,7 @@ def test_bad_overrides():
 
 
 def test_base_merging(tmp_path):
-    write(tmp_path, "root.yaml", "workdir: runs/root\nepochs: 7\ndata:\n  name: kitti\n  root: /r\n"
+    write(tmp_path, "root.yaml", "workdir: runs/root\nepochs: 7\ndata:\n  name: kitti_raw\n  data_dir: /r\n"
                                  "optim:\n  betas: [0.5, 0.9]\n  param_group1: {milestones: [2, 3]}\n")
     (tmp_path / "sub").mkdir()
     write(tmp_path / "sub", "mid.yaml", "_base: ../root.yaml\nepochs: 9\noptim:\n  lr: 3.0e-4\n")
@@ -234,7 +235,7 @@ def test_base_merging(tmp_path):
                   "_base: mid.yaml   # relative to this file\ndata:\n  image_size: [378, 1260]\n"
                   "optim:\n  betas: [0.9, 0.99]\n")
     cfg = load_config(child)
-    assert cfg.workdir == "runs/root" and cfg.epochs == 9 and cfg.data.root == "/r"  # dicts merge recursively
+    assert cfg.workdir == "runs/root" and cfg.epochs == 9 and cfg.data.data_dir == "/r"  # dicts merge recursively
     assert cfg.optim.lr == 3e-4 and cfg.optim.betas == (0.9, 0.99)  # lists replace
     assert cfg.optim.param_group1.milestones == (2, 3) and cfg.optim.param_group1.rates == {"BB": 1.0}
 
@@ -245,7 +246,7 @@ def test_base_merging(tmp_path):
     assert load_config(multi).epochs == 9 and load_config(multi).seed == 1
 
     # an error in an included file names that file
-    write(tmp_path, "bad_base.yaml", "workdir: w\ndata: {name: kitti}\nmodel: {bogus: 1}\n")
+    write(tmp_path, "bad_base.yaml", "workdir: w\ndata: {name: kitti_raw}\nmodel: {bogus: 1}\n")
     with raises(f"unknown config key 'model.bogus' in {tmp_path / 'bad_base.yaml'}"):
         load_config(write(tmp_path, "inc.yaml", "_base: bad_base.yaml\nepochs: 3\n"))
 
@@ -291,4 +292,4 @@ def test_mesh_and_data_helpers():
     with raises("data=2 x fsdp=2 != 8 devices"):
         MeshConfig(data=2, fsdp=2).shape(8)
     with pytest.raises(ValueError, match="crop window"):
-        DataConfig(name="kitti", image_size=(266, 840), crop_size=(252, 840))
+        DataConfig(name="kitti_raw", image_size=(266, 840), crop_size=(252, 840))

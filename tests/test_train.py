@@ -32,23 +32,22 @@ def run(args, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def test_same_step_on_one_and_four_devices(tmp_path):
-    results = {}
-    for n in (1, 4):
-        p = run(["tests/scripts/one_step.py", "configs/demo.yaml", str(tmp_path / f"d{n}"), str(n), *TINY],
-                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
-        out, _ = p.communicate(timeout=900)
-        assert p.returncode == 0, out[-3000:]
-        results[n] = json.loads(out.strip().splitlines()[-1])
-    assert results[4]["devices"] == 4
-    one, four = results[1], results[4]
+def _one_step(tmp_path, meshes: str) -> list[dict]:
+    p = run(["tests/scripts/one_step.py", "configs/demo.yaml", str(tmp_path / meshes), meshes, *TINY],
+            env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-3000:]
+    return [json.loads(ln) for ln in out.strip().splitlines() if ln.startswith('{"mesh"')]
+
+
+def _assert_same_step(one: dict, other: dict):
     # Epoch 1 (Mono stage only, no thresholded masks): the same to float32 reduction order. Adam moves each
     # element by about lr, so an element with a near-zero gradient may flip its step: >= 93 % of every
     # tensor within 1 % of lr (the fixtures README's rule) and all within two steps.
     for k, v in one["mono"]["metrics"].items():
-        np.testing.assert_allclose(four["mono"]["metrics"][k], v, rtol=1e-5, atol=1e-8, err_msg=k)
+        np.testing.assert_allclose(other["mono"]["metrics"][k], v, rtol=1e-5, atol=1e-8, err_msg=k)
     for k, v in one["mono"]["params"].items():
-        a, b = np.asarray(four["mono"]["params"][k]), np.asarray(v)
+        a, b = np.asarray(other["mono"]["params"][k]), np.asarray(v)
         assert np.max(np.abs(a - b)) <= 2e-4, k
         assert np.mean(np.abs(a - b) <= 1e-6) >= 0.93, k
     # All three groups: the Stereo stage's photometric and guide losses follow thresholded masks, whose
@@ -57,11 +56,21 @@ def test_same_step_on_one_and_four_devices(tmp_path):
     loose = {"param_group2/Stereo_gui2": 3e-2, "param_group2/Stereo_photo": 5e-3, "param_group2-loss": 5e-3,
              "loss": 5e-3}
     for k, v in one["all"]["metrics"].items():
-        np.testing.assert_allclose(four["all"]["metrics"][k], v, rtol=loose.get(k, 1e-4), atol=1e-7, err_msg=k)
+        np.testing.assert_allclose(other["all"]["metrics"][k], v, rtol=loose.get(k, 1e-4), atol=1e-7, err_msg=k)
     for k, v in one["all"]["params"].items():
-        assert np.max(np.abs(np.asarray(four["all"]["params"][k]) - np.asarray(v))) <= 5e-4, k
+        assert np.max(np.abs(np.asarray(other["all"]["params"][k]) - np.asarray(v))) <= 5e-4, k
     for k, v in one["all"]["stats"].items():
-        np.testing.assert_allclose(four["all"]["stats"][k], v, rtol=1e-3, atol=1e-5, err_msg=k)
+        np.testing.assert_allclose(other["all"]["stats"][k], v, rtol=1e-3, atol=1e-5, err_msg=k)
+
+
+def test_same_step_on_one_and_four_devices(tmp_path):
+    """1 device against 4 on a 2 x 2 mesh: the batch split over all 4, the large parameters and their Adam
+    moments split over 'fsdp' (a 4 x 1 data-parallel mesh is the same program without the parameter split)."""
+    [one] = _one_step(tmp_path, "1x1")
+    [four] = _one_step(tmp_path, "2x2")
+    assert (one["fsdp_split_params"], four["devices"]) == (0, 4)
+    assert four["fsdp_split_params"] >= 4  # the ViT's qkv / MLP matrices at least
+    _assert_same_step(one, four)
 
 
 def _losses(workdir: Path) -> list[dict]:
@@ -101,11 +110,15 @@ def test_unknown_config_key_is_named(tmp_path):
     assert p.returncode == 2 and "optim.betaz" in out
 
 
-@pytest.mark.parametrize("override, message", [("val.name=kitti", "val.name 'kitti'"),
-                                               ("data.flip_mode=k", "flip_mode 'k'")])
-def test_unavailable_data_settings_are_errors(override, message, tmp_path):
-    from tiodepth_jax.config import load_config
-    from tiodepth_jax.train.loop import datasets
-    cfg = load_config(REPO / "configs" / "demo.yaml", [f"workdir={tmp_path}", override])
-    with pytest.raises(ValueError, match=message):
-        datasets(cfg)
+@pytest.mark.parametrize("overrides, message", [
+    (["data.flip_mode=k"], "flip_mode 'k'"),
+    (["data.name=kitti_raw"], "data.data_dir is not set"),
+    (["data.name=kitti_raw", "data.data_dir={tmp}"], "is not built in"),
+])
+def test_unavailable_data_settings_are_errors(overrides, message, tmp_path):
+    from tiodepth_jax.config import ConfigError, load_config
+    from tiodepth_jax.train.loop import train_samples
+    cfg = load_config(REPO / "configs" / "demo.yaml", [f"workdir={tmp_path}"] +
+                      [o.format(tmp=tmp_path) for o in overrides])
+    with pytest.raises((ValueError, ConfigError, FileNotFoundError), match=message):
+        train_samples(cfg)

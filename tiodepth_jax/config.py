@@ -49,7 +49,8 @@ __all__ = [
 PATCH = 14                                   # DINOv2 patch size: image sides must be multiples of it
 MEMBERS = ("BB", "CA", "DE", "MO")           # parameter-group member names (spec §2.8)
 GROUPS = ("param_group1", "param_group2", "param_group3")
-DATASETS = ("synthetic", "kitti", "kitti_stereo2015")
+DATASETS = ("synthetic", "kitti_raw", "kitti_eigen_test/raw", "kitti_eigen_test/improved", "kitti_stereo2015",
+            "stereo_folder")  # 'synthetic' or a TFDS dataset built by `python -m tiodepth_jax.data.build`
 VAL_MODES = ("Mono", "Stereo", "Refine")
 METRICS = ("mean_rel", "abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3", "epe_all", "d1_all")
 MESH_AXES = ("data", "fsdp")
@@ -198,9 +199,9 @@ class OptimConfig:
 class DataConfig:
     """Training data (spec §6.5, §7)."""
 
-    name: str                                     # dataset: 'synthetic' | 'kitti' | 'kitti_stereo2015'
-    root: str | None = None                       # dataset directory (not needed by 'synthetic')
-    split: str = "train_list"                     # split file name (data_splits/<dataset>/<split>.txt)
+    name: str                                     # dataset: one of DATASETS
+    data_dir: str | None = None                   # TFDS data directory holding the built dataset (not synthetic)
+    split: str = "train"                          # TFDS split of the built dataset
     image_size: tuple[int, int] = (378, 1260)     # full size (H, W) the images are resized to
     crop_size: tuple[int, int] | None = None      # training crop (H, W); None = model.image_size
     flip_mode: Literal["img", "k", "none"] = "img"  # 'img': swap s/o and mirror both with p = 0.5
@@ -231,12 +232,13 @@ class DataConfig:
             _fail("color_aug_prob", f"must lie in [0, 1], got {self.color_aug_prob}")
         _non_negative(self, "num_workers")
 
-    def require_root(self) -> str:
-        """`root`, or an error telling the user to set it (a dataset other than 'synthetic' needs it)."""
-        if self.root is None and self.name != "synthetic":
-            raise ConfigError(f"data.root is not set: dataset {self.name!r} needs it "
-                              f"(set it in the YAML file or pass data.root=/path/to/{self.name})")
-        return self.root
+    def require_data_dir(self) -> str:
+        """`data_dir`, or an error telling the user to set it (a dataset other than 'synthetic' needs it)."""
+        if self.data_dir is None and self.name != "synthetic":
+            raise ConfigError(f"data.data_dir is not set: dataset {self.name!r} needs it (the directory "
+                              f"`python -m tiodepth_jax.data.build` wrote it to; set it in the YAML file or pass "
+                              f"data.data_dir=/path/to/tensorflow_datasets)")
+        return self.data_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,8 +248,8 @@ class ValConfig:
     every_n_epochs: int = 1                       # 0 = never
     at_start: bool = True                         # validate once before training (the original's epoch 0)
     name: str | None = None                       # dataset; None = data.name
-    root: str | None = None                       # None = data.root
-    split: str = "test_list"                      # the Eigen test list (the original validates on it)
+    data_dir: str | None = None                   # None = data.data_dir
+    split: str = "test"                           # TFDS split (the Eigen test set: the original validates on it)
     image_size: tuple[int, int] = (378, 1260)     # network input size (H, W)
     batch_size: int = 1
     modes: tuple[str, ...] = VAL_MODES            # paths to evaluate (rawdepth / sdepth / refdepth)
@@ -413,8 +415,9 @@ class TrainConfig:
 
     @property
     def val_dataset(self) -> tuple[str, str | None]:
-        """(name, root) of the validation set (falling back to the training set's)."""
-        return (self.val.name or self.data.name, self.val.root if self.val.root is not None else self.data.root)
+        """(name, data_dir) of the validation set (falling back to the training set's)."""
+        return (self.val.name or self.data.name,
+                self.val.data_dir if self.val.data_dir is not None else self.data.data_dir)
 
     @property
     def compute_dtype(self):

@@ -1,5 +1,6 @@
-"""Run one training iteration (all three groups) of a tiny config on a (data=N) mesh; print losses and a
-parameter checksum as JSON. Used by tests/test_train.py in a subprocess with N simulated CPU devices."""
+"""Run one training iteration (Mono alone, then all three groups) of a tiny config on each given mesh
+(`DATAxFSDP`, e.g. 4x1 2x2); print the losses, the first parameter values and the number of parameters split
+over 'fsdp' as JSON, one line per mesh. Used by tests/test_train.py in subprocesses with simulated CPU devices."""
 
 import json
 import sys
@@ -10,17 +11,18 @@ import numpy as np
 from flax import nnx
 
 from tiodepth_jax.config import load_config
-from tiodepth_jax.train.loop import Trainer, load_batch, epoch_order, to_global
+from tiodepth_jax.train.loop import Trainer, batches, to_global
 from tiodepth_jax.train.sharding import make_mesh
 from tiodepth_jax.train.step import lr_factors
 
-config, workdir, n_devices = sys.argv[1], sys.argv[2], int(sys.argv[3])
+config, workdir, meshes = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 cfg = load_config(config, [f"workdir={workdir}", *sys.argv[4:]])
-trainer = Trainer(cfg, make_mesh(n_devices, 1, devices=jax.devices()[:n_devices]))
-def one_step(epoch: int) -> dict:
+
+
+def one_step(trainer, epoch: int) -> dict:
     """One iteration of `epoch`'s active groups from the initial state (the state is copied, not donated)."""
     active = tuple(g.name for g in trainer.groups if epoch >= g.st_epoch)
-    batch = load_batch(cfg, trainer.train_ds, epoch_order(cfg, len(trainer.train_ds), epoch), epoch, 0)
+    batch = next(iter(batches(cfg, trainer.train_ds, epoch)))
     state0 = jax.tree.map(jnp.copy, trainer.state)
     state, metrics = trainer.step_fn(active)(state0, trainer.vgg_params, to_global(batch, trainer.batch_sharding),
                                              lr_factors(trainer.groups, epoch))
@@ -30,5 +32,10 @@ def one_step(epoch: int) -> dict:
             "stats": flat(state["batch_stats"])}
 
 
-last = max(g.st_epoch for g in trainer.groups)
-print(json.dumps({"devices": len(jax.devices()), "mono": one_step(1), "all": one_step(last)}))
+for mesh in meshes:
+    data, fsdp = map(int, mesh.split("x"))
+    trainer = Trainer(cfg, make_mesh(data, fsdp, devices=jax.devices()[:data * fsdp]))
+    split = sum("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(trainer.state["params"]))
+    last = max(g.st_epoch for g in trainer.groups)
+    print(json.dumps({"mesh": mesh, "devices": data * fsdp, "fsdp_split_params": split, "mono": one_step(trainer, 1),
+                      "all": one_step(trainer, last)}))

@@ -3,9 +3,10 @@
     python -m tiodepth_jax.train --config configs/demo.yaml [key=value ...] [--resume]
 
 Per epoch e (1-based) the active groups and their learning-rate factors follow the config's schedule;
-one compiled step exists per active-group set. The data order of epoch e is a permutation drawn from
-seed + e and each batch's augmentation from (seed, e, step), so a run resumed from a checkpoint (which
-records the epoch and the position inside it) sees exactly the batches an uninterrupted run would. Every
+one compiled step exists per active-group set. The batches come from a grain pipeline
+(tiodepth_jax.data.pipeline): the order of epoch e is a permutation drawn from (seed, e) and each sample's
+augmentation from (seed, e, position), so a run resumed from a checkpoint (which records the epoch and the
+grain iterator's state) sees exactly the batches an uninterrupted run would. Every
 step's losses are appended to <workdir>/losses.jsonl (rewound to the checkpoint on resume).
 """
 
@@ -25,6 +26,7 @@ from tqdm import tqdm
 from tiodepth_jax.checkpoint import load_model
 from tiodepth_jax.colormap import colorize
 from tiodepth_jax.config import TrainConfig
+from tiodepth_jax.data.pipeline import RecordSamples, SyntheticSamples, epoch_batches, open_source
 from tiodepth_jax.data.synthetic import SceneConfig, SyntheticStereo
 from tiodepth_jax.losses import TRAINING_LOSSES, terms_from_config
 from tiodepth_jax.metrics import depth_metrics, mean_metrics
@@ -41,48 +43,38 @@ LOWER_IS_BETTER = {"abs_rel": 1, "sq_rel": 1, "rmse": 1, "rmse_log": 1, "a1": -1
 VAL_SEED_OFFSET = 1_000_000  # validation scenes never coincide with training scenes
 
 
-def datasets(cfg: TrainConfig):
-    """(training dataset at the full image size, validation dataset at the validation size)."""
-    for key, name in (("data.name", cfg.data.name), ("val.name", cfg.val_dataset[0])):
-        if name != "synthetic":
-            raise ValueError(f"{key} {name!r}: only the 'synthetic' dataset is available so far "
-                             "(the KITTI pipeline is not implemented yet)")
-    if cfg.data.flip_mode == "k":
-        raise ValueError("data.flip_mode 'k' (mirror without swapping views) is not implemented; use 'img' or 'none'")
+def train_samples(cfg: TrainConfig):
+    """The training sample source of ``cfg.data`` (see :mod:`tiodepth_jax.data.pipeline`)."""
+    d = cfg.data
+    if d.name == "synthetic":
+        opts = dict(d.synthetic)
+        scenes = SyntheticStereo(SceneConfig(height=d.image_size[0], width=d.image_size[1], **opts.get("scene", {})),
+                                 int(opts.get("size", 64)), base_seed=int(opts.get("base_seed", 0)))
+        return SyntheticSamples(scenes, crop_size=cfg.crop_size, flip_mode=d.flip_mode,
+                                color_aug_prob=d.color_aug_prob)
+    source = open_source(d.name, d.require_data_dir(), d.split)
+    return RecordSamples(source, full_size=d.image_size, crop_size=cfg.crop_size, flip_mode=d.flip_mode,
+                         scale_range=d.scale_range, color_aug_prob=d.color_aug_prob)
+
+
+def val_scenes(cfg: TrainConfig) -> SyntheticStereo:
+    """The validation set: generated scenes at the validation size (other datasets: not yet)."""
+    name = cfg.val_dataset[0]
+    if name != "synthetic":
+        raise ValueError(f"val.name {name!r}: validation on a TFDS dataset is not implemented yet; "
+                         "use val.name=synthetic or val.every_n_epochs=0")
     opts = dict(cfg.data.synthetic)
-    scene = dict(opts.get("scene", {}))
-    base_seed = int(opts.get("base_seed", 0))
-    train = SyntheticStereo(SceneConfig(height=cfg.data.image_size[0], width=cfg.data.image_size[1], **scene),
-                            int(opts.get("size", 64)), base_seed=base_seed)
     n_val = cfg.val.max_samples or int(opts.get("val_size", 8))
-    val = SyntheticStereo(SceneConfig(height=cfg.val.image_size[0], width=cfg.val.image_size[1], **scene),
-                          n_val, base_seed=base_seed + VAL_SEED_OFFSET)
-    return train, val
+    return SyntheticStereo(SceneConfig(height=cfg.val.image_size[0], width=cfg.val.image_size[1],
+                                       **opts.get("scene", {})),
+                           n_val, base_seed=int(opts.get("base_seed", 0)) + VAL_SEED_OFFSET)
 
 
-def random_crop(batch: dict, size: tuple[int, int], rng: np.random.Generator) -> dict:
-    """One crop window for every image of the batch; K unchanged, as the original's crops (spec §6.5)."""
-    h, w = batch["color_s"].shape[1:3]
-    top, left = rng.integers(0, h - size[0] + 1), rng.integers(0, w - size[1] + 1)
-    crop = lambda a: a[:, top:top + size[0], left:left + size[1]]  # noqa: E731
-    return {k: crop(v) if v.ndim == 4 else v for k, v in batch.items()}
-
-
-def epoch_order(cfg: TrainConfig, n: int, epoch: int) -> np.ndarray:
-    """The (global) sample order of an epoch; the last incomplete batch is dropped (drop_last)."""
-    order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.data.shuffle else np.arange(n)
-    return order[: n // cfg.batch_size * cfg.batch_size]
-
-
-def load_batch(cfg: TrainConfig, ds: SyntheticStereo, order: np.ndarray, epoch: int, step: int) -> dict:
-    """This process's share of global batch `step` of `epoch`, augmented and cropped deterministically."""
-    idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-    idx = idx[jax.process_index()::jax.process_count()]
-    rng = np.random.default_rng([cfg.seed, epoch, step, jax.process_index()])
-    batch = ds.batch(idx, rng=rng, color_aug_prob=cfg.data.color_aug_prob,
-                     flip_prob=0.5 if cfg.data.flip_mode == "img" else 0.0)
-    batch = random_crop(batch, cfg.crop_size, rng)
-    return {k: np.asarray(v, np.float32) for k, v in batch.items()}
+def batches(cfg: TrainConfig, samples, epoch: int):
+    """This process's batches of ``epoch`` (a grain IterDataset, see pipeline.epoch_batches)."""
+    return epoch_batches(samples, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, shuffle=cfg.data.shuffle,
+                         process_index=jax.process_index(), process_count=jax.process_count(),
+                         num_threads=cfg.data.num_workers)
 
 
 def to_global(batch: dict, sharding) -> dict:
@@ -100,7 +92,7 @@ class Trainer:
         self.tx = adam(*cfg.optim.betas, cfg.optim.eps)
         self.loss_terms = ({g: terms_from_config(t) for g, t in cfg.losses.items()} if cfg.losses
                            else TRAINING_LOSSES)
-        self.train_ds, self.val_ds = datasets(cfg)
+        self.train_ds, self.val_ds = train_samples(cfg), val_scenes(cfg) if cfg.val.every_n_epochs else None
         self.batch_sharding = batch_sharding(self.mesh)
         self._build_state()
         self._steps: dict = {}
@@ -174,11 +166,12 @@ class Trainer:
 
     def run(self, resume: bool = False) -> dict:
         cfg = self.cfg
-        epoch, start_step, global_step = 1, 0, 0
+        epoch, start_step, global_step, data_state = 1, 0, 0, None
         latest = self.checkpoints.latest_step()
         if latest is not None and (resume or cfg.checkpoint.resume):
             self.state, meta = self.checkpoints.restore(self.state)
             epoch, start_step, global_step = meta["epoch"], meta["step_in_epoch"], meta["global_step"]
+            data_state = meta.get("data_iterator")
             self.val_reference = meta.get("val_reference")
             print(f"resumed from {cfg.checkpoint_dir} step {latest}: epoch {epoch}, batch {start_step}")
         elif resume:
@@ -191,42 +184,44 @@ class Trainer:
         if global_step == 0 and cfg.val.at_start and cfg.val.every_n_epochs:
             last_val = self.validate(epoch=0, global_step=0)
         n_steps = len(self.train_ds) // cfg.batch_size
-        if n_steps == 0:
-            raise ValueError(f"the dataset has {len(self.train_ds)} samples, fewer than batch_size {cfg.batch_size}")
         while epoch <= cfg.epochs:
             active = active_groups(self.groups, epoch)
             factors = lr_factors(self.groups, epoch)
             step = self.step_fn(active)
-            order = epoch_order(cfg, len(self.train_ds), epoch)
+            data = iter(batches(cfg, self.train_ds, epoch))
+            if data_state is not None:
+                data.set_state(data_state)
+                data_state = None
             bar = tqdm(range(start_step, n_steps), desc=f"epoch {epoch}/{cfg.epochs}", initial=start_step,
                        total=n_steps, disable=jax.process_index() != 0)
             for i in bar:
                 t0 = time.perf_counter()
-                batch = to_global(load_batch(cfg, self.train_ds, order, epoch, i), self.batch_sharding)
+                batch = to_global(next(data), self.batch_sharding)
                 self.state, metrics = step(self.state, self.vgg_params, batch, factors)
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 global_step += 1
                 if not np.isfinite(metrics["loss"]):
-                    self._save(epoch, i + 1, global_step, metrics)
+                    self._save(epoch, i + 1, global_step, metrics, data.get_state())
                     raise FloatingPointError(f"loss is {metrics['loss']} at epoch {epoch} batch {i}; state saved")
                 ips = cfg.batch_size / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{ips:.2f}")
                 self._log_step(global_step, epoch, metrics, ips, factors)
                 if cfg.checkpoint.every_n_steps and global_step % cfg.checkpoint.every_n_steps == 0:
-                    self._save(epoch, i + 1, global_step, metrics)
+                    self._save(epoch, i + 1, global_step, metrics, data.get_state())
             start_step = 0
             if cfg.val.every_n_epochs and epoch % cfg.val.every_n_epochs == 0:
                 last_val = self.validate(epoch, global_step)
             epoch += 1
             if cfg.checkpoint.every_n_epochs and (epoch - 1) % cfg.checkpoint.every_n_epochs == 0:
-                self._save(epoch, 0, global_step, last_val)
+                self._save(epoch, 0, global_step, last_val, None)
         self.checkpoints.close()
         self.writer.close()
         return last_val
 
-    def _save(self, epoch: int, step_in_epoch: int, global_step: int, metrics: dict):
+    def _save(self, epoch: int, step_in_epoch: int, global_step: int, metrics: dict, data_state: dict | None):
+        """Checkpoint the state; ``data_state`` is the epoch's grain iterator state (None at an epoch boundary)."""
         meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "seed": self.cfg.seed,
-                "val_reference": self.val_reference}
+                "data_iterator": data_state, "val_reference": self.val_reference}
         self.checkpoints.save(global_step, self.state, meta, {k: v for k, v in metrics.items() if k == "val_score"})
 
     # ----- logs ------------------------------------------------------------------------------------------
