@@ -25,9 +25,11 @@ from tqdm import tqdm
 
 from tiodepth_jax.checkpoint import load_model
 from tiodepth_jax.colormap import colorize
-from tiodepth_jax.config import TrainConfig
+from tiodepth_jax.config import ConfigError, TrainConfig
+from tiodepth_jax.data.augment import eval_sample
 from tiodepth_jax.data.pipeline import RecordSamples, SyntheticSamples, epoch_batches, open_source
 from tiodepth_jax.data.synthetic import SceneConfig, SyntheticStereo
+from tiodepth_jax.evaluate import DEPTH_KEYS, MetricOptions, evaluate_prediction, predict_outputs
 from tiodepth_jax.losses import TRAINING_LOSSES, terms_from_config
 from tiodepth_jax.metrics import depth_metrics, mean_metrics
 from tiodepth_jax.models.tiodepth import TiODepth
@@ -38,7 +40,6 @@ from tiodepth_jax.train.sharding import batch_sharding, make_mesh, replicated, s
 from tiodepth_jax.train.step import active_groups, init_state, lr_factors, make_step
 from tiodepth_jax.train.summary import SummaryWriter
 
-VAL_DEPTH = {"Mono": "mono_depth_0_s", "Stereo": "stereo_depth_0_s", "Refine": "refmono_depth_0_s"}
 LOWER_IS_BETTER = {"abs_rel": 1, "sq_rel": 1, "rmse": 1, "rmse_log": 1, "a1": -1, "a2": -1, "a3": -1}
 VAL_SEED_OFFSET = 1_000_000  # validation scenes never coincide with training scenes
 
@@ -57,17 +58,36 @@ def train_samples(cfg: TrainConfig):
                          scale_range=d.scale_range, color_aug_prob=d.color_aug_prob)
 
 
-def val_scenes(cfg: TrainConfig) -> SyntheticStereo:
-    """The validation set: generated scenes at the validation size (other datasets: not yet)."""
-    name = cfg.val_dataset[0]
+def val_set(cfg: TrainConfig):
+    """The validation set: generated scenes at the validation size (SyntheticStereo) or a TFDS data source."""
+    name, data_dir = cfg.val_dataset
     if name != "synthetic":
-        raise ValueError(f"val.name {name!r}: validation on a TFDS dataset is not implemented yet; "
-                         "use val.name=synthetic or val.every_n_epochs=0")
+        if data_dir is None:
+            raise ConfigError(f"val.data_dir is not set: the validation dataset {name!r} needs it (or data.data_dir)")
+        return open_source(name, data_dir, cfg.val.split)
     opts = dict(cfg.data.synthetic)
     n_val = cfg.val.max_samples or int(opts.get("val_size", 8))
     return SyntheticStereo(SceneConfig(height=cfg.val.image_size[0], width=cfg.val.image_size[1],
                                        **opts.get("scene", {})),
                            n_val, base_seed=int(opts.get("base_seed", 0)) + VAL_SEED_OFFSET)
+
+
+def val_batches(cfg: TrainConfig, val_ds):
+    """(inputs (B, ...) numpy, [ground truth of each sample]) of the validation set, ``val.batch_size`` at a time.
+
+    Ground truth: {'depth_gt': (H, W)} and, from KITTI 2015, 'disp_gt' (H, W) at the native resolution.
+    """
+    n = len(val_ds) if cfg.val.max_samples is None else min(len(val_ds), cfg.val.max_samples)
+    for start in range(0, n, cfg.val.batch_size):
+        idx = range(start, min(start + cfg.val.batch_size, n))
+        if isinstance(val_ds, SyntheticStereo):
+            b = val_ds.batch(idx)
+            gts = [{"depth_gt": d[..., 0]} for d in b["depth_gt"]]
+        else:
+            samples = [eval_sample(val_ds[i], full_size=cfg.val.image_size) for i in idx]
+            b = {k: np.stack([x[k] for x in samples]) for k in ("color_s", "color_o", "direct")}
+            gts = [{k: x[k] for k in ("depth_gt", "disp_gt") if k in x} for x in samples]
+        yield {k: b[k] for k in ("color_s", "color_o", "direct")}, gts
 
 
 def batches(cfg: TrainConfig, samples, epoch: int):
@@ -92,7 +112,7 @@ class Trainer:
         self.tx = adam(*cfg.optim.betas, cfg.optim.eps)
         self.loss_terms = ({g: terms_from_config(t) for g, t in cfg.losses.items()} if cfg.losses
                            else TRAINING_LOSSES)
-        self.train_ds, self.val_ds = train_samples(cfg), val_scenes(cfg) if cfg.val.every_n_epochs else None
+        self.train_ds, self.val_ds = train_samples(cfg), val_set(cfg) if cfg.val.every_n_epochs else None
         self.batch_sharding = batch_sharding(self.mesh)
         self._build_state()
         self._steps: dict = {}
@@ -252,36 +272,44 @@ class Trainer:
     # ----- validation ------------------------------------------------------------------------------------
 
     def validate(self, epoch: int, global_step: int) -> dict:
-        """Depth metrics of every validated path against the ground truth; returns {'val/<path>/<metric>'}."""
+        """Depth metrics of every validated path against the ground truth; returns {'val/<path>/<metric>'}.
+
+        Generated scenes are scored on every pixel with GT in (min_depth, ...); TFDS sets with `val.metric`
+        (spec §8.1 / §8.2, as `python -m tiodepth_jax.evaluate`).
+        """
         cfg = self.cfg
+        modes = cfg.val.modes
         if self._eval is None:
-            self._eval = nnx.jit(lambda m, b: {k: m.inference(b, cfg.val.modes)[k] for k in
-                                               (VAL_DEPTH[p] for p in cfg.val.modes)})
+            self._eval = nnx.jit(lambda m, b: predict_outputs(m, b, modes))
+        synthetic = isinstance(self.val_ds, SyntheticStereo)
+        opts = MetricOptions(metric=cfg.val.metric, min_depth=cfg.val.min_depth, max_depth=cfg.val.max_depth)
         model = self.model()
-        per_mode: dict = {mode: [] for mode in cfg.val.modes}
-        bs = cfg.val.batch_size
+        per_mode: dict = {mode: [] for mode in modes}
         first = None
-        for start in range(0, len(self.val_ds), bs):
-            b = self.val_ds.batch(range(start, min(start + bs, len(self.val_ds))))
-            inputs = {k: jnp.asarray(b[k]) for k in ("color_s", "color_o", "direct")}
-            out = jax.device_get(self._eval(model, inputs))
-            for mode in cfg.val.modes:
-                for pred, gt in zip(out[VAL_DEPTH[mode]][..., 0], b["depth_gt"][..., 0]):
-                    per_mode[mode].append(depth_metrics(pred, gt, min_depth=cfg.val.min_depth,
-                                                        max_depth=cfg.val.max_depth, mask_mode="valid"))
-            first = first or (out, b)
+        for inputs, gts in val_batches(cfg, self.val_ds):
+            out = jax.device_get(self._eval(model, {k: jnp.asarray(v) for k, v in inputs.items()}))
+            for i, gt in enumerate(gts):
+                if synthetic:
+                    scores = {mode: depth_metrics(out[DEPTH_KEYS[mode]][i, ..., 0], gt["depth_gt"],
+                                                  min_depth=cfg.val.min_depth, max_depth=cfg.val.max_depth,
+                                                  mask_mode="valid") for mode in modes}
+                else:
+                    scores = evaluate_prediction({k: v[i] for k, v in out.items()}, gt, modes, opts)
+                for mode in modes:
+                    per_mode[mode].append(scores[mode])
+            first = first or (out, gts[0])
         result = {f"val/{mode}/{k}": v for mode, ms in per_mode.items() for k, v in mean_metrics(ms).items()}
         result["val_score"] = self._score(result)
         if jax.process_index() == 0:
             self.writer.scalars(result, global_step)
-            out, b = first
-            for mode in cfg.val.modes:
-                self.writer.image(f"val/{mode}/inverse_depth", colorize(1 / out[VAL_DEPTH[mode]][0, ..., 0]),
+            out, gt = first
+            for mode in modes:
+                self.writer.image(f"val/{mode}/inverse_depth", colorize(1 / out[DEPTH_KEYS[mode]][0, ..., 0]),
                                   global_step)
-            self.writer.image("val/ground_truth/inverse_depth",
-                              colorize(1 / np.maximum(b["depth_gt"][0, ..., 0], 1e-3)), global_step)
+            self.writer.image("val/ground_truth/inverse_depth", colorize(1 / np.maximum(gt["depth_gt"], 1e-3)),
+                              global_step)
             table = "  ".join(f"{mode}: AbsRel {result[f'val/{mode}/abs_rel']:.4f} RMSE {result[f'val/{mode}/rmse']:.3f}"
-                              f" A1 {result[f'val/{mode}/a1']:.3f}" for mode in cfg.val.modes)
+                              f" A1 {result[f'val/{mode}/a1']:.3f}" for mode in modes)
             print(f"validation after epoch {epoch}: {table}")
         return result
 
