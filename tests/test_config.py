@@ -91,7 +91,7 @@ def test_demo_is_small_and_runs_all_stages():
     cfg = load_config(CONFIGS / "demo.yaml")
     assert cfg.data.name == "synthetic" and cfg.init_from is None and cfg.vgg_from is None
     assert cfg.model.variant == "vits" and cfg.model.encoder_depth == 2 and cfg.model.encoder_taps == (0, 1, 1, 1)
-    assert cfg.batch_size == 2 and cfg.epochs <= 10 and max(cfg.crop_size) <= 168
+    assert cfg.batch_size == 2 and cfg.epochs <= 10 and max(cfg.crop_size) <= 252
     assert all(g.active(cfg.epochs) for _, g in cfg.optim.groups)
     starts = [g.st_epoch for _, g in cfg.optim.groups]
     assert starts[0] == 1 and starts == sorted(set(starts))

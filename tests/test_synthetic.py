@@ -65,6 +65,30 @@ def test_make_batch_format():
     np.testing.assert_array_equal(plain["depth_gt"][1, ..., 0], pair["depth_l"])
 
 
+def test_street_walls_and_ground_have_the_expected_depth():
+    cfg = S.SceneConfig(height=48, width=160, num_objects=0, max_depth=200.0)
+    fx, fy, cx, cy = S.intrinsics(cfg)
+    x_left, x_right = S._sample_scene(cfg, np.random.default_rng(5)).street
+    assert x_left <= -cfg.street_width[0] and x_right >= cfg.baseline + cfg.street_width[0]  # around both cameras
+    pair = S.render_pair(cfg, 5)
+    dx, dy = (np.arange(cfg.width) - cx) / fx, (np.arange(cfg.height) - cy) / fy
+    for depth, cam_x in ((pair["depth_l"], 0.0), (pair["depth_r"], cfg.baseline)):
+        np.testing.assert_allclose(depth[0, 0], (x_left - cam_x) / dx[0], rtol=1e-5)  # top corners: the facades
+        np.testing.assert_allclose(depth[0, -1], (x_right - cam_x) / dx[-1], rtol=1e-5)
+        mid = int(round(cx))  # bottom centre: the ground
+        np.testing.assert_allclose(depth[-1, mid], cfg.camera_height / dy[-1], rtol=1e-5)
+
+
+def test_texture_shrinks_with_distance_then_fades():
+    """World-space texture: a facade at 40 m shows finer detail per pixel than one at 8 m (its cells are smaller
+    in the image); at 400 m every octave is below texture_min_px and fades out, leaving a flat colour."""
+    def fine_detail(max_depth):  # mean |second difference| along rows of an image that is all back wall
+        cfg = S.SceneConfig(height=48, width=160, num_objects=0, ground=False, street_width=None, max_depth=max_depth)
+        return np.abs(np.diff(S.render_pair(cfg, 0)["color_l"], 2, axis=1)).mean()
+    near, mid, far = fine_detail(8.0), fine_detail(40.0), fine_detail(400.0)
+    assert near > 0.003 and mid > 1.5 * near and far == 0
+
+
 def _warp_error(sample, depth_other, fx, baseline):
     """Mean |warp(color_o -> s view with depth_gt) - color_s| over visible in-view pixels, and their fraction.
 

@@ -4,19 +4,30 @@ A scene (all lengths in metres, left-camera coordinates: x right, y down, z forw
 
 * a back wall ``z = wall_depth`` (fronto-parallel, fills the view behind everything),
 * optionally a ground plane ``y = camera_height``,
+* optionally two side walls ``x = x_left < 0`` and ``x = x_right > baseline`` (a street: the facades along a
+  road, on either side of both cameras),
 * ``num_objects`` axis-aligned boxes standing on the ground at random depths (a fronto-parallel front face, and
   side / top faces that are slanted with respect to the image plane),
 
-each surface with its own colourful multi-octave value-noise texture. Both cameras of the rectified pair share
-the intrinsics ``K``; the right camera sits at ``x = +baseline``. Each view is ray-cast per pixel (vectorised
-numpy, z-buffer over the surfaces), so depth, disparity ``fx * baseline / z`` and occlusions are exact.
+each surface with its own colourful multi-octave value-noise texture. The ground and the street walls give the
+scenes the layout cue that monocular networks first learn on KITTI (depth as a function of the image
+position), and the texture scale a local one, so a network trained on them from random weights has something
+to learn from a single view. Both cameras of the rectified pair share the intrinsics ``K``; the right camera
+sits at ``x = +baseline``. Each view is ray-cast per pixel (vectorised numpy, z-buffer over the surfaces), so
+depth, disparity ``fx * baseline / z`` and occlusions are exact.
 
-Texture coordinates. A surface point ``(X, Y, Z)`` (left-camera coordinates) is painted with the noise at
-``(fx * X / Z, fy * Y / Z)``, i.e. the texture is laid out at a fixed scale in *left-image pixels*
-(finest cell ``texture_cell`` px): it never aliases or blurs, whatever the depth, so warping the right view
-into the left with the true depth (bilinear sampling) reproduces the left view to ~1e-3. Since the colour is a
-function of the 3D point only, the right view shows the same texture at the disparity (stretched on slanted
-faces) and the geometry of both views is consistent.
+Texture coordinates. Each surface is painted in its own plane, in metres: a point ``(X, Y, Z)`` (left-camera
+coordinates) of a fronto-parallel face (back wall, box fronts) takes the noise at ``(X, Y)``, of a face
+``x = const`` (street walls, box sides) at ``(Z, Y)`` and of a face ``y = const`` (ground, box tops) at
+``(X, Z)``. Texture detail therefore shrinks with distance and foreshortens on slanted surfaces, the local depth
+cue a monocular network learns from. To stay free of aliasing, each noise octave fades out where its cell
+covers fewer than ``2 * texture_min_px`` pixels (and is gone below ``texture_min_px``), measured along the
+steepest direction of the surface: a pixel spans ``Z / fx`` metres of a fronto-parallel face and
+``Z / fx * Z / |d|`` of a face at distance ``|d|`` from the camera along its normal. Faded octaves are replaced
+by their mean, so far surfaces are smoother and greyer. The colour is a function of the 3D point only (the
+footprint uses the left camera's ``fx`` and the point's depth), so the right view shows the same texture at
+the disparity and warping it into the left with the true depth reproduces the left view up to the
+resampling of the (band-limited) texture.
 
 Training batches follow spec §6.5 with NHWC images: ``color_s`` = left, ``color_o`` = right, ``direct`` = +1,
 ``T`` = identity with ``T[0, 3] = -baseline``; flip ('img' mode: swap the views and mirror both) and colour
@@ -36,7 +47,7 @@ KITTI_INTRINSICS = (721.54, 721.54, 609.56, 172.85)
 KITTI_RAW_SIZE = (375, 1242)
 
 _FACE_SHADE = np.array([1.0, 0.75, 0.88])  # box faces: front, side, top/bottom (a fixed per-face brightness)
-_WALL, _GROUND, _FIRST_BOX = 0, 1, 2  # surface ids
+_WALL, _GROUND, _LEFT, _RIGHT, _FIRST_BOX = 0, 1, 2, 3, 4  # surface ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +60,13 @@ class SceneConfig:
     ground. min_depth, max_depth: the back wall lies at U(0.6, 1) * max_depth, box fronts at log-uniform depths
     in [min_depth, wall_depth / 2] (the ground can come closer than min_depth in the bottom rows).
     num_objects: boxes per scene. object_size: (low, high) range in metres of the boxes' width, height and
-    depth extent. ground: include the ground plane. Texture: texture_cell is the finest noise cell in pixels,
-    texture_octaves the number of octaves (each twice the previous cell), texture_persistence the amplitude
-    ratio of successive (finer) octaves, texture_contrast the slope of the tanh that spreads the noise over
-    each surface's colour range.
+    depth extent. ground: include the ground plane. street_width: None (no side walls), or the (low, high) range
+    in metres of each side wall's distance from the camera nearer to it (drawn separately for the left and the
+    right wall, so both cameras are always inside the street); boxes are then centred between the walls.
+    Texture: texture_cell is the finest noise cell in metres, texture_octaves the number of octaves (each twice
+    the previous cell), texture_min_px the cell size in pixels below which an octave is faded out (module
+    docstring), texture_persistence the amplitude ratio of successive (finer) octaves, texture_contrast the
+    slope of the tanh that spreads the noise over each surface's colour range.
     """
 
     height: int = 84
@@ -63,13 +77,15 @@ class SceneConfig:
     cy: float | None = None
     baseline: float = 0.54
     camera_height: float = 1.65
-    min_depth: float = 3.0
+    min_depth: float = 6.0
     max_depth: float = 60.0
-    num_objects: int = 6
+    num_objects: int = 4
     object_size: tuple[float, float] = (0.5, 3.0)
     ground: bool = True
-    texture_cell: float = 4.0
-    texture_octaves: int = 4
+    street_width: tuple[float, float] | None = (3.0, 8.0)
+    texture_cell: float = 0.1
+    texture_octaves: int = 5
+    texture_min_px: float = 1.5
     texture_persistence: float = 0.7
     texture_contrast: float = 4.0
 
@@ -97,6 +113,7 @@ def camera_matrix(cfg: SceneConfig) -> np.ndarray:
 
 class _Scene(NamedTuple):
     wall_depth: float
+    street: tuple[float, float] | None  # x of the left and of the right side wall, or None
     boxes: np.ndarray  # (N, 6) float64: x0, x1, y0, y1, z0, z1
     color_lo: np.ndarray  # (S, 3) float64: per-surface colour at texture value 0 (base colour - spread)
     color_hi: np.ndarray  # (S, 3) float64: per-surface colour at texture value 1 (base colour + spread)
@@ -104,18 +121,25 @@ class _Scene(NamedTuple):
 
 
 def _sample_scene(cfg: SceneConfig, rng: np.random.Generator) -> _Scene:
-    """Draw the wall depth, the boxes (standing on y = camera_height) and the per-surface textures."""
+    """Draw the wall depth, the street, the boxes (standing on y = camera_height) and the per-surface textures."""
     fx, _, cx, _ = intrinsics(cfg)
     n = cfg.num_objects
     wall = rng.uniform(0.6, 1.0) * cfg.max_depth
+    street = None
+    if cfg.street_width is not None:
+        gap_left, gap_right = rng.uniform(*cfg.street_width, 2)
+        street = (-float(gap_left), cfg.baseline + float(gap_right))
     z0 = np.exp(rng.uniform(np.log(cfg.min_depth), np.log(max(cfg.min_depth, wall / 2)), n))
     size = rng.uniform(*cfg.object_size, (3, n))  # width, height, depth extent
-    x_mid = (rng.uniform(0, cfg.width, n) - cx) * z0 / fx  # centred on a random image column
+    if street is None:
+        x_mid = (rng.uniform(0, cfg.width, n) - cx) * z0 / fx  # centred on a random image column
+    else:
+        x_mid = rng.uniform(*street, n)  # centred between the walls
     boxes = np.stack([x_mid - size[0] / 2, x_mid + size[0] / 2, cfg.camera_height - size[1],
                       np.full(n, cfg.camera_height), z0, z0 + size[2]], axis=1)
     surfaces = _FIRST_BOX + n
     base, spread = rng.uniform(0.2, 0.8, (surfaces, 3)), rng.uniform(0.15, 0.4, (surfaces, 1))
-    return _Scene(wall_depth=wall, boxes=boxes, color_lo=np.clip(base - spread, 0, 1),
+    return _Scene(wall_depth=wall, street=street, boxes=boxes, color_lo=np.clip(base - spread, 0, 1),
                   color_hi=np.clip(base + spread, 0, 1), salts=rng.integers(0, 2**32, surfaces, dtype=np.uint32))
 
 
@@ -164,9 +188,10 @@ def _smoothstep_cell(t):
 def _value_noise3(x, y, cell, surface, salts):
     """Smoothstep-interpolated value noise with lattice spacing ``cell``, 3 channels, one lattice per surface.
 
-    x: (H, W) and y: (H, 1) texture coordinates in pixels; surface: (H, W) surface ids; salts: (S,) uint32.
+    x, y: texture coordinates (in the unit of ``cell``) and surface: surface ids, all of one shape (...);
+    salts: (S,) uint32.
     The lattice values over the bounding box of the cells in use are hashed once per surface, then gathered at
-    the four corners of each pixel's cell. Returns (3, H, W) float32 (channels first: cheap broadcasting).
+    the four corners of each point's cell. Returns (3, ...) float32 (channels first: cheap broadcasting).
     """
     ix, sx = _smoothstep_cell(x / cell)
     iy, sy = _smoothstep_cell(y / cell)
@@ -174,24 +199,33 @@ def _value_noise3(x, y, cell, surface, salts):
     nx, ny = ix.max() - x_lo + 2, iy.max() - y_lo + 2
     table = _hash_uniform3(np.arange(x_lo, x_lo + nx)[None, None, :], np.arange(y_lo, y_lo + ny)[None, :, None],
                            salts[:, None, None]).reshape(3, -1)  # (3, S * ny * nx)
-    idx = (surface * ny + (iy - y_lo)) * nx + (ix - x_lo)  # (H, W) flat index of the top-left corner
-    v00, v10, v01, v11 = (np.take(table, idx + offset, axis=1) for offset in (0, 1, nx, nx + 1))  # (3, H, W)
+    idx = (surface * ny + (iy - y_lo)) * nx + (ix - x_lo)  # (...) flat index of the top-left corner
+    v00, v10, v01, v11 = (np.take(table, idx + offset, axis=1) for offset in (0, 1, nx, nx + 1))  # (3, ...)
     top, bottom = v00 + (v10 - v00) * sx, v01 + (v11 - v01) * sx
     return top + (bottom - top) * sy
 
 
-def _texture(cfg: SceneConfig, scene: _Scene, surface, tex_x, tex_y):
-    """Colour (H, W, 3) in [0, 1] of each pixel's surface at texture coordinates tex_x (H, W), tex_y (H, 1).
+def _texture(cfg: SceneConfig, scene: _Scene, surface, tex_u, tex_v, footprint):
+    """Colour (H, W, 3) in [0, 1] of each pixel's surface at in-plane coordinates tex_u, tex_v (H, W) in metres.
 
-    Per channel: fractal value noise (octave o has cell texture_cell * 2**(octaves-1-o) and amplitude
-    persistence**o, normalised), spread by ``0.5 + 0.5 * tanh(contrast * (noise - 0.5))`` and mapped linearly
-    onto the surface's [color_lo, color_hi].
+    Per channel: fractal value noise (octave o has cell texture_cell * 2**(octaves-1-o) metres and amplitude
+    persistence**o, normalised); an octave whose cell spans c pixels (c = cell / footprint, footprint (H, W) in
+    metres per pixel) has weight clip(c / texture_min_px - 1, 0, 1) and the rest of its amplitude goes to the
+    mean 0.5. The noise is spread by ``0.5 + 0.5 * tanh(contrast * (noise - 0.5))`` and mapped linearly onto
+    the surface's [color_lo, color_hi].
     """
     octaves = cfg.texture_octaves
-    weights = (cfg.texture_persistence ** np.arange(octaves)).astype(np.float32)
-    noise = sum(w * _value_noise3(tex_x, tex_y, cfg.texture_cell * 2.0 ** (octaves - 1 - o), surface,
-                                  scene.salts ^ np.uint32((0x9E3779B9 * (o + 1)) % 2**32))
-                for o, w in enumerate(weights)) / weights.sum()
+    amplitudes = (cfg.texture_persistence ** np.arange(octaves)).astype(np.float32)
+    noise = np.full((3, *surface.shape), 0.5, np.float32)
+    for o, amplitude in enumerate(amplitudes / amplitudes.sum()):
+        cell = cfg.texture_cell * 2.0 ** (octaves - 1 - o)
+        fade = np.clip(cell / footprint / cfg.texture_min_px - 1, 0, 1).astype(np.float32)  # (H, W)
+        seen = fade > 0  # the lattice is hashed only over the pixels that show this octave
+        if not seen.any():
+            continue
+        octave = _value_noise3(tex_u[seen], tex_v[seen], cell, surface[seen],
+                               scene.salts ^ np.uint32((0x9E3779B9 * (o + 1)) % 2**32))  # (3, n)
+        noise[:, seen] += amplitude * fade[seen] * (octave - np.float32(0.5))
     t = 0.5 + 0.5 * np.tanh(np.float32(cfg.texture_contrast) * (noise - np.float32(0.5)))
     lo, hi = scene.color_lo[surface], scene.color_hi[surface]  # (H, W, 3)
     return lo + (hi - lo) * np.moveaxis(t, 0, -1)
@@ -205,18 +239,28 @@ def _render_view(cfg: SceneConfig, scene: _Scene, cam_x: float):
     dy = _nonzero((np.arange(h) - cy) / fy)[:, None]  # (H, 1) ray direction y / z
     depth = np.full((h, w), scene.wall_depth)
     surface = np.full((h, w), _WALL)
+    plane = np.zeros((h, w), np.int64)  # orientation of the hit face: 0 z = const, 1 x = const, 2 y = const
     shade = np.ones((h, w))
     if cfg.ground:
         ground = np.broadcast_to(np.where(dy > 0, cfg.camera_height / dy, np.inf), (h, w))
         closer = ground < depth
-        depth[closer], surface[closer] = ground[closer], _GROUND
+        depth[closer], surface[closer], plane[closer] = ground[closer], _GROUND, 2
+    if scene.street is not None:
+        for side, wall_x in zip((_LEFT, _RIGHT), scene.street):
+            hit = np.broadcast_to(np.where((wall_x - cam_x) / dx > 0, (wall_x - cam_x) / dx, np.inf), (h, w))
+            closer = hit < depth
+            depth[closer], surface[closer], plane[closer] = hit[closer], side, 1
     for i, box in enumerate(scene.boxes):
         hit, face = _box_hit(box, cam_x, dx, dy)
         closer = hit < depth
         depth[closer], surface[closer], shade[closer] = hit[closer], _FIRST_BOX + i, _FACE_SHADE[face[closer]]
-    tex_x = fx * (cam_x / depth + dx)  # fx * X / Z of the hit point, X in left-camera coordinates
-    tex_y = fy * dy  # (H, 1): fy * Y / Z
-    color = _texture(cfg, scene, surface, tex_x, tex_y) * shade[..., None]
+        plane[closer] = face[closer]
+    x, y = cam_x + depth * dx, depth * dy  # the hit point in left-camera coordinates
+    tex_u = np.where(plane == 1, depth, x)
+    tex_v = np.where(plane == 2, depth, y)
+    normal_distance = np.choose(plane, (depth, np.abs(x), np.abs(y)))
+    footprint = depth / fx * depth / np.maximum(normal_distance, 1e-6)  # metres per pixel, steepest direction
+    color = _texture(cfg, scene, surface, tex_u, tex_v, footprint) * shade[..., None]
     return color.astype(np.float32), depth.astype(np.float32)
 
 
