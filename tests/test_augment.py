@@ -49,6 +49,24 @@ def test_draw_params_follows_the_spec_arithmetic(flip_mode):
         assert drawn.random() == rng.random()  # no other draws
 
 
+def test_draw_params_without_rescale():
+    """scale_range=None (config ``data.scale_range: null``): s = 1 is not drawn, the window is the crop itself."""
+    for seed in range(20):
+        drawn = np.random.default_rng(seed)
+        params = A.draw_params(drawn, FULL, CROP, scale_range=None)
+        rng = np.random.default_rng(seed)
+        flip = rng.random() < 0.5
+        i, j = rng.integers(0, 378 - 252 + 1), rng.integers(0, 1260 - 840 + 1)
+        color = S.draw_color_aug(rng, 0.5)
+        assert (params.flip, params.scale, params.top, params.left) == (flip, 1.0, i, j)
+        assert (params.color is None) == (color is None)
+        assert drawn.random() == rng.random()  # no other draws
+    whole = A.draw_params(np.random.default_rng(0), FULL, FULL, scale_range=None)  # the crop may be the image
+    assert (whole.scale, whole.top, whole.left) == (1.0, 0, 0)
+    with pytest.raises(ValueError, match="larger than full_size"):
+        A.draw_params(np.random.default_rng(0), CROP, FULL, scale_range=None)
+
+
 def test_draw_params_distribution_and_window_inside_the_resized_image():
     rng = np.random.default_rng(0)
     draws = [A.draw_params(rng, FULL, CROP) for _ in range(2000)]

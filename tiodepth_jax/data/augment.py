@@ -22,6 +22,8 @@ generator; the distributions are the same). :func:`draw_params` draws, in this o
 ``rng.random()`` for the flip (flip if < 0.5; not drawn for flip mode 'none'), ``rng.uniform(*scale_range)``
 for s, ``rng.integers(0, full_H - th' + 1)`` for i, ``rng.integers(0, full_W - tw' + 1)`` for j, then
 :func:`draw_color_aug` (``rng.random()``, and if it is < prob: gamma, brightness, the 3 channel factors).
+With ``scale_range=None`` (random rescale off) s = 1 is not drawn and the window is the crop itself:
+``i ~ U{0, ..., full_H - crop_H}``, ``j ~ U{0, ..., full_W - crop_W}``, top = i, left = j.
 """
 
 import dataclasses
@@ -97,10 +99,19 @@ def draw_params(rng: np.random.Generator, full_size, crop_size, *, flip_mode: st
 
     full_size, crop_size: (H, W) in pixels. scale_range: (low, high), 0 < low <= high; the crop must fit at the
     smallest scale: crop_source_size(crop_size, low) <= full_size (ValueError naming the sizes otherwise).
+    None: no random rescale (s = 1), the crop must fit in full_size.
     """
     full_size, crop_size = _size(full_size, "full_size"), _size(crop_size, "crop_size")
     if flip_mode not in FLIP_MODES:
         raise ValueError(f"flip_mode must be one of {FLIP_MODES}, got {flip_mode!r}")
+    if scale_range is None:
+        if crop_size[0] > full_size[0] or crop_size[1] > full_size[1]:
+            raise ValueError(f"crop_size {crop_size} is larger than full_size {full_size}")
+        flip = flip_mode != "none" and bool(rng.random() < 0.5)
+        top = int(rng.integers(0, full_size[0] - crop_size[0] + 1))
+        left = int(rng.integers(0, full_size[1] - crop_size[1] + 1))
+        return AugmentParams(flip=flip, scale=1.0, top=top, left=left, color=draw_color_aug(rng, color_aug_prob),
+                             flip_mode=flip_mode)
     low, high = _scale_range(scale_range)
     th, tw = crop_source_size(crop_size, low)
     if th > full_size[0] or tw > full_size[1]:
