@@ -104,22 +104,19 @@ def draw_params(rng: np.random.Generator, full_size, crop_size, *, flip_mode: st
     full_size, crop_size = _size(full_size, "full_size"), _size(crop_size, "crop_size")
     if flip_mode not in FLIP_MODES:
         raise ValueError(f"flip_mode must be one of {FLIP_MODES}, got {flip_mode!r}")
-    if scale_range is None:
-        if crop_size[0] > full_size[0] or crop_size[1] > full_size[1]:
-            raise ValueError(f"crop_size {crop_size} is larger than full_size {full_size}")
-        flip = flip_mode != "none" and bool(rng.random() < 0.5)
-        top = int(rng.integers(0, full_size[0] - crop_size[0] + 1))
-        left = int(rng.integers(0, full_size[1] - crop_size[1] + 1))
-        return AugmentParams(flip=flip, scale=1.0, top=top, left=left, color=draw_color_aug(rng, color_aug_prob),
-                             flip_mode=flip_mode)
-    low, high = _scale_range(scale_range)
-    th, tw = crop_source_size(crop_size, low)
+    fixed = scale_range is None  # no random rescale: s = 1 (not drawn) and the window is the crop itself
+    low, high = (1.0, 1.0) if fixed else _scale_range(scale_range)
+
+    def window(scale):
+        return crop_size if fixed else crop_source_size(crop_size, scale)
+
+    th, tw = window(low)
     if th > full_size[0] or tw > full_size[1]:
         raise ValueError(f"crop_size {crop_size} needs a window of {(th, tw)} at full_size {full_size} for the "
                          f"smallest scale {low}: larger than full_size")
     flip = flip_mode != "none" and bool(rng.random() < 0.5)
-    scale = float(rng.uniform(low, high))
-    th, tw = crop_source_size(crop_size, scale)
+    scale = 1.0 if fixed else float(rng.uniform(low, high))
+    th, tw = window(scale)
     i = int(rng.integers(0, full_size[0] - th + 1))
     j = int(rng.integers(0, full_size[1] - tw + 1))
     color = draw_color_aug(rng, color_aug_prob)

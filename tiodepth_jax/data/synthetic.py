@@ -247,7 +247,8 @@ def _render_view(cfg: SceneConfig, scene: _Scene, cam_x: float):
         depth[closer], surface[closer], plane[closer] = ground[closer], _GROUND, 2
     if scene.street is not None:
         for side, wall_x in zip((_LEFT, _RIGHT), scene.street):
-            hit = np.broadcast_to(np.where((wall_x - cam_x) / dx > 0, (wall_x - cam_x) / dx, np.inf), (h, w))
+            along = (wall_x - cam_x) / dx  # (1, W) depth at which each column's rays meet the wall
+            hit = np.broadcast_to(np.where(along > 0, along, np.inf), (h, w))
             closer = hit < depth
             depth[closer], surface[closer], plane[closer] = hit[closer], side, 1
     for i, box in enumerate(scene.boxes):
