@@ -10,6 +10,10 @@
 colours, equally spaced, with matplotlib's 256-entry lookup-table construction
 (`colors._create_lookup_table`); '_r' reverses the segment data as `LinearSegmentedColormap.reversed`
 does. 'gray' is the identity ramp of run.py's `--grayscale`.
+
+The table index is run.py's floor(t * 255) of the normalised value t, not the floor(t * 256) that
+matplotlib's `cmap(t)` takes for float input; NaN (black), under and over (the end colours) are matplotlib's
+defaults either way. tests/test_colormap.py checks all of this against matplotlib.
 """
 
 from __future__ import annotations
