@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tiodepth_jax.config import (ConfigError, DataConfig, MeshConfig, TrainConfig, load_config, load_config_dict,
-                                 parse_override)
+from tiodepth_jax.config import (ConfigError, DataConfig, GroupConfig, MeshConfig, TrainConfig, load_config,
+                                 load_config_dict, parse_override)
+from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2Config
+from tiodepth_jax.models.tiodepth import TiODepthConfig
+from tiodepth_jax.models.vgg import VGG19Config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = sorted(CONFIGS.glob("*.yaml"))
@@ -24,6 +27,11 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
 
 def minimal(tmp_path: Path, extra: str = "", name: str = "x.yaml") -> Path:
     return write(tmp_path, name, "workdir: runs/x\ndata:\n  name: kitti_raw\n" + extra)
+
+
+def member_lrs(group: GroupConfig, epoch: int) -> dict[str, float]:
+    """{member: learning rate} of a resolved group during 1-based `epoch` (spec §6.2 table)."""
+    return {m: rate * group.lr * group.lr_factor(epoch) for m, rate in group.members.items()}
 
 
 def raises(match: str):
@@ -51,7 +59,7 @@ def test_dinov2b_is_the_original_setup():
     assert (cfg.batch_size, cfg.epochs, cfg.seed) == (8, 50, 2021)
     assert cfg.data.name == "kitti_raw" and cfg.init_from == "checkpoints/dav2_vitb"
     assert cfg.optim.betas == (0.5, 0.999) and cfg.optim.lr == 1e-4 and cfg.optim.eps == 1e-8
-    assert cfg.optim.params_trained == "Unified-BB*1-CA*1+DE*0.1-MO*1+DE*0.1"
+    assert [g.members for _, g in cfg.optim.groups] == [{"BB": 1.0}, {"CA": 1.0, "DE": 0.1}, {"MO": 1.0, "DE": 0.1}]
     assert [g.st_epoch for _, g in cfg.optim.groups] == [1, 21, 31]
     assert [g.milestones for _, g in cfg.optim.groups] == [(20, 30, 40, 45), (30, 40, 45), (40, 45)]
     assert cfg == TrainConfig.from_dict({"workdir": cfg.workdir, "data": {"name": "kitti_raw", "crop_size": [252, 840]},
@@ -68,9 +76,9 @@ def test_dinov2b_is_the_original_setup():
         for (name, group), want in zip(o.groups, rows):
             assert group.active(epoch) == (want is not None)
             if want is not None:
-                assert o.member_lrs(name, epoch) == pytest.approx(want)
-    assert o.group_kwargs("param_group2") == {"name": "param_group2", "rates": {"CA": 1.0, "DE": 0.1},
-                                              "st_epoch": 21, "milestones": (30, 40, 45), "gamma": 0.5, "lr": 1e-4}
+                assert member_lrs(group, epoch) == pytest.approx(want)
+    assert o.groups[1] == ("param_group2", GroupConfig(st_epoch=21, milestones=(30, 40, 45), gamma=0.5, lr=1e-4,
+                                                       rates={"CA": 1.0, "DE": 0.1}))
     with raises("data.data_dir is not set"):
         cfg.data.require_data_dir()
     assert cfg.checkpoint_dir == str(Path("runs/tiodepth_dinov2b/checkpoints"))
@@ -182,6 +190,56 @@ def test_missing_required_keys(tmp_path):
         load_config(minimal(tmp_path, "optim:\n  param_group1: {st_epoch: null}\n"))
 
 
+def test_strict_types_and_lenient_floats(tmp_path):
+    with raises("mesh.data: expected an int, got False"):  # a bool is not an int ...
+        load_config(minimal(tmp_path, "mesh: {data: false}\n"))
+    with raises("remat: expected a bool, got 1"):  # ... nor an int a bool
+        load_config(minimal(tmp_path, "remat: 1\n"))
+    with raises("epochs: expected an int, got '3'"):
+        load_config(minimal(tmp_path, "epochs: '3'\n"))
+    with raises("val.modes: expected a list of strings, got ['Mono', 3]"):
+        load_config(minimal(tmp_path, "val: {modes: [Mono, 3]}\n"))
+    with raises("optim.param_group1.rates.BB: expected a number, got True"):
+        load_config(minimal(tmp_path, "optim:\n  param_group1: {rates: {BB: true}}\n"))
+    # floats take ints and numeric strings (YAML 1.1 reads 1e-4 and 5e-1 as strings), also inside lists and mappings
+    cfg = load_config(minimal(tmp_path, "optim:\n  lr: 1e-4\n  betas: [0, 0.9]\n  param_group1: {rates: {BB: 1}}\n"
+                                        "data:\n  name: kitti_raw\n  scale_range: [5e-1, 1]\n"))
+    assert (cfg.optim.lr, cfg.optim.betas, cfg.data.scale_range) == (1e-4, (0.0, 0.9), (0.5, 1.0))
+    assert all(type(v) is float for v in (cfg.optim.lr, *cfg.optim.betas, *cfg.data.scale_range,
+                                          *cfg.optim.param_group1.rates.values()))
+    assert type(load_config(minimal(tmp_path, "model: {min_disp: 2}\n")).model.min_disp) is float
+    with raises("config values must be strings, numbers, bools, nulls, lists or mappings"):
+        load_config(minimal(tmp_path, "data:\n  name: synthetic\n  synthetic: {when: 2021-01-01}\n"))
+
+
+def test_best_metric_needs_its_validation_metric():
+    with raises("checkpoint.best_metric: d1_all is computed only with val.metric depth_kitti_stereo2015"):
+        load_config(BASE, ["checkpoint.best_metric=d1_all"])
+    assert load_config(BASE, ["checkpoint.best_metric=d1_all", "val.metric=depth_kitti_stereo2015"])
+
+
+def test_model_configs_use_the_same_checks():
+    tio = TiODepthConfig(encoder_depth=2, encoder_taps=(0, 1, 1, 1), image_size=(126, 420))
+    assert TiODepthConfig.from_dict(tio.to_dict()) == tio
+    assert TiODepthConfig.from_dict({"image_size": [126, 420], "frozen": []}).image_size == (126, 420)  # -> tuples
+    with raises("not a TiO-Depth config: unknown config key 'n_binz' (did you mean 'n_bins'?)"):
+        TiODepthConfig.from_dict({"n_binz": 49})
+    with raises("not a TiO-Depth config: n_bins: expected an int, got 49.0"):
+        TiODepthConfig.from_dict({"n_bins": 49.0})
+    with raises("not a TiO-Depth config: frozen entry 'head' must start with"):  # __post_init__ checks
+        TiODepthConfig.from_dict({"frozen": ["head"]})
+    assert TiODepthConfig.from_dict({"d2d": "4e2"}).d2d == 400.0  # YAML 1.1 reads 4e2 as a string
+    dav2 = DepthAnythingV2Config.preset("vits", depth=2, taps=(0, 1, 1, 1))
+    assert DepthAnythingV2Config.from_dict(dav2.to_dict()) == dav2
+    with raises("not a Depth-Anything-V2 model config: missing required config key 'dinov2.embed_dim'"):
+        DepthAnythingV2Config.from_dict({**dav2.to_dict(), "dinov2": {}})
+    with raises("not a Depth-Anything-V2 model config: dpt.out_channels: expected a list of 4 ints, got [48, 96]"):
+        DepthAnythingV2Config.from_dict({**dav2.to_dict(), "dpt": {**dav2.to_dict()["dpt"], "out_channels": [48, 96]}})
+    assert VGG19Config.from_dict({"n_slices": 2}) == VGG19Config(2)
+    with raises("not a VGG19 features config: unknown config key 'slices' (did you mean 'n_slices'?)"):
+        VGG19Config.from_dict({"slices": 2})
+
+
 # --------------------------------------------------------------------------------------------------------
 # Overrides
 
@@ -189,7 +247,7 @@ def test_missing_required_keys(tmp_path):
 def test_overrides(tmp_path):
     cfg = load_config(BASE, ["optim.lr=2e-4", "model.variant=vits", "data.data_dir=/data/kitti"])
     assert cfg.optim.lr == 2e-4 and isinstance(cfg.optim.lr, float)  # YAML reads 2e-4 as a string
-    assert cfg.optim.member_lrs("param_group2", 21) == pytest.approx({"CA": 2e-4, "DE": 2e-5})
+    assert member_lrs(cfg.optim.groups[1][1], 21) == pytest.approx({"CA": 2e-4, "DE": 2e-5})
     assert cfg.model.variant == "vits" and cfg.data.require_data_dir() == "/data/kitti"
     cfg = load_config(BASE, ["model.image_size=[126, 420]", "data.crop_size=null", "init_from=null",
                              "optim.param_group2={lr: 1e-3}", "mesh.distributed=false", "losses.param_group3=[]"])
@@ -197,7 +255,7 @@ def test_overrides(tmp_path):
     assert cfg.optim.param_group2.lr == 1e-3 and cfg.optim.param_group2.st_epoch == 21  # mappings merge
     assert cfg.mesh.distributed is False and cfg.losses == {"param_group3": []}
     cfg = load_config(BASE, ["optim.param_group3.rates.DE=0"])  # a zero rate removes a member
-    assert cfg.optim.params_trained == "Unified-BB*1-CA*1+DE*0.1-MO*1"
+    assert cfg.optim.param_group3.members == {"MO": 1.0}
     assert load_config(BASE, ["epochs=3", "epochs=4"]).epochs == 4  # in order
 
 

@@ -11,11 +11,11 @@ Rules (the original's `read_yaml_options` semantics, spec §1, plus strict check
   including file; the including file overrides them: mappings merge recursively, lists and scalars replace.
 * `key.sub=value` overrides are applied last, in order; the value is parsed with `yaml.safe_load`
   (`optim.lr=2e-4`, `model.image_size=[126,420]`, `init_from=null`).
-* Every key is checked: an unknown key, a value of the wrong type, a bad value or a missing required key
-  is a `ConfigError` that names the key path and where it came from, e.g.
-  ``unknown config key 'optim.betaz' in configs/x.yaml (did you mean 'betas'?)``.
-* Types: int (not bool, not 2.0), float (an int or a numeric string such as YAML's `1e-4`, which YAML 1.1
-  reads as a string), bool, str, null only where a field is optional, lists become tuples.
+* Every key is checked (by pydantic, through `tiodepth_jax.schema`): an unknown key, a value of the wrong
+  type, a bad value or a missing required key is a `ConfigError` that names the key path and where it came
+  from, e.g. ``unknown config key 'optim.betaz' in configs/x.yaml (did you mean 'betas'?)``.
+* Types: int (not bool, not 2.0), `Float` (a float, an int or a numeric string such as YAML's `1e-4`, which
+  YAML 1.1 reads as a string), bool, str, null only where a field is optional, lists become tuples.
 * A mapping given for a section merges over that section's defaults (so `optim.param_group2: {lr: 2e-4}`
   keeps group 2's st_epoch, milestones and rates).
 
@@ -25,13 +25,9 @@ field out with a comment.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import difflib
 import math
 import re
-import types
-import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +35,7 @@ from typing import Any, Literal
 import yaml
 
 from tiodepth_jax.models.tiodepth import TiODepthConfig
+from tiodepth_jax.schema import ConfigError, FieldError, Float, Where, build, merge, plain, short_repr
 
 __all__ = [
     "ConfigError", "GroupConfig", "OptimConfig", "DataConfig", "ValConfig", "MeshConfig", "CheckpointConfig",
@@ -56,21 +53,8 @@ METRICS = ("mean_rel", "abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"
 MESH_AXES = ("data", "fsdp")
 
 
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key path and the file or override it came from."""
-
-
-class _FieldError(ValueError):
-    """Raised by the dataclasses' checks: `field` is a dotted path relative to the section."""
-
-    def __init__(self, field: str, msg: str):
-        super().__init__(f"{field}: {msg}")
-        self.field = field
-        self.msg = msg
-
-
 def _fail(field: str, msg: str):
-    raise _FieldError(field, msg)
+    raise FieldError(field, msg)
 
 
 def _multiple_of_patch(field: str, hw):
@@ -95,9 +79,9 @@ class GroupConfig:
 
     st_epoch: int                                 # first epoch (1-based) in which the group trains
     milestones: tuple[int, ...]                   # MultiStepLR milestones (epochs)
-    gamma: float = 0.5                            # lr factor at each milestone
-    lr: float | None = None                       # the group's base lr; None = optim.lr
-    rates: dict[str, float] = dataclasses.field(default_factory=dict, hash=False)  # member -> lr multiplier
+    gamma: Float = 0.5                            # lr factor at each milestone
+    lr: Float | None = None                       # the group's base lr; None = optim.lr
+    rates: dict[str, Float] = dataclasses.field(default_factory=dict, hash=False)  # member -> lr multiplier
 
     def __post_init__(self):
         if self.st_epoch < 1:
@@ -141,12 +125,11 @@ def _group(st_epoch, milestones, rates) -> Any:
 class OptimConfig:
     """Adam settings shared by the three groups (spec §6.2, §12.6) and the groups themselves."""
 
-    name: Literal["adam"] = "adam"
-    lr: float = 1e-4                              # base learning rate of every group without its own `lr`
-    betas: tuple[float, float] = (0.5, 0.999)
-    eps: float = 1e-8                             # added outside the sqrt (optax eps_root = 0)
-    weight_decay: float = 0.0
-    clip_grad_norm: float | None = None           # None = no clipping (the original's clip_grad -1)
+    lr: Float = 1e-4                              # base learning rate of every group without its own `lr`
+    betas: tuple[Float, Float] = (0.5, 0.999)
+    eps: Float = 1e-8                             # added outside the sqrt (optax eps_root = 0)
+    weight_decay: Float = 0.0
+    clip_grad_norm: Float | None = None           # None = no clipping (the original's clip_grad -1)
     param_group1: GroupConfig = _group(1, (20, 30, 40, 45), {"BB": 1.0})
     param_group2: GroupConfig = _group(21, (30, 40, 45), {"CA": 1.0, "DE": 0.1})
     param_group3: GroupConfig = _group(31, (40, 45), {"MO": 1.0, "DE": 0.1})
@@ -169,30 +152,9 @@ class OptimConfig:
 
     @property
     def groups(self) -> tuple[tuple[str, GroupConfig], ...]:
-        return tuple((name, getattr(self, name)) for name in GROUPS)
-
-    def group_lr(self, name: str) -> float:
-        g = getattr(self, name)
-        return self.lr if g.lr is None else g.lr
-
-    def member_lrs(self, name: str, epoch: int) -> dict[str, float]:
-        """{member: learning rate} of group `name` during 1-based `epoch` (spec §6.2 table)."""
-        g = getattr(self, name)
-        base = self.group_lr(name) * g.lr_factor(epoch)
-        return {m: rate * base for m, rate in g.members.items()}
-
-    def group_kwargs(self, name: str) -> dict:
-        """Group `name` resolved: {name, rates (positive members), st_epoch, milestones, gamma, lr}
-        (the fields of `tiodepth_jax.train.optim.GroupSpec`)."""
-        g = getattr(self, name)
-        return {"name": name, "rates": g.members, "st_epoch": g.st_epoch, "milestones": g.milestones,
-                "gamma": g.gamma, "lr": self.group_lr(name)}
-
-    @property
-    def params_trained(self) -> str:
-        """The original's `params_trained` string, e.g. `Unified-BB*1-CA*1+DE*0.1-MO*1+DE*0.1`."""
-        fmt = lambda r: f"{r:g}"  # noqa: E731
-        return "Unified-" + "-".join("+".join(f"{m}*{fmt(r)}" for m, r in g.members.items()) for _, g in self.groups)
+        """(name, group) in training order, each group's lr resolved (null = optim.lr)."""
+        resolve = lambda g: g if g.lr is not None else dataclasses.replace(g, lr=self.lr)  # noqa: E731
+        return tuple((name, resolve(getattr(self, name))) for name in GROUPS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +167,8 @@ class DataConfig:
     image_size: tuple[int, int] = (378, 1260)     # full size (H, W) the images are resized to
     crop_size: tuple[int, int] | None = None      # training crop (H, W); None = model.image_size
     flip_mode: Literal["img", "k", "none"] = "img"  # 'img': swap s/o and mirror both with p = 0.5
-    scale_range: tuple[float, float] | None = (0.75, 1.5)  # random resize factor range; None = off
-    color_aug_prob: float = 0.5                   # probability of the gamma/brightness/colour augmentation
+    scale_range: tuple[Float, Float] | None = (0.75, 1.5)  # random resize factor range; None = off
+    color_aug_prob: Float = 0.5                   # probability of the gamma/brightness/colour augmentation
     shuffle: bool = True
     num_workers: int = 4                          # loader worker threads/processes (0 = in the main thread)
     synthetic: dict = dataclasses.field(default_factory=dict, hash=False)  # options of the synthetic dataset
@@ -254,8 +216,8 @@ class ValConfig:
     batch_size: int = 1
     modes: tuple[str, ...] = VAL_MODES            # paths to evaluate (rawdepth / sdepth / refdepth)
     metric: str = "depth_kitti"                   # 'depth_kitti' (Eigen crop) | 'depth_kitti_stereo2015'
-    min_depth: float = 0.5                        # the fork's value (the original: 0)
-    max_depth: float = 80.0
+    min_depth: Float = 0.5                        # the fork's value (the original: 0)
+    max_depth: Float = 80.0
     max_samples: int | None = None                # evaluate only the first N samples (None = all)
 
     def __post_init__(self):
@@ -378,6 +340,9 @@ class TrainConfig:
         if any(c > s for c, s in zip(self.crop_size, self.data.image_size)):
             _fail("model.image_size", f"the training crop {list(self.crop_size)} is larger than data.image_size "
                                       f"{list(self.data.image_size)}")
+        if self.checkpoint.best_metric in ("epe_all", "d1_all") and self.val.metric != "depth_kitti_stereo2015":
+            _fail("checkpoint.best_metric", f"{self.checkpoint.best_metric} is computed only with val.metric "
+                                            f"depth_kitti_stereo2015, not {self.val.metric}")
         self._check_model()
         if self.losses is not None:
             if not isinstance(self.losses, Mapping):
@@ -428,7 +393,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """Plain YAML/JSON data (lists, not tuples) that `TrainConfig.from_dict` turns back into this config."""
-        return _plain(self)
+        return plain(self)
 
     def to_yaml(self) -> str:
         return dump_yaml(self.to_dict())
@@ -439,204 +404,7 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Typed construction from plain data
-
-
-class _Where:
-    """Where a key path's value came from: the file (or override) that last set it or one of its parents."""
-
-    def __init__(self, default: str):
-        self.default = default
-        self.origins: dict[tuple, str] = {}
-
-    def record(self, data, source: str, prefix: tuple = ()):
-        self.origins[prefix] = source
-        if isinstance(data, Mapping):
-            for k, v in data.items():
-                self.record(v, source, prefix + (str(k),))
-
-    def __call__(self, path: tuple) -> str:
-        for n in range(len(path), -1, -1):
-            if path[:n] in self.origins:
-                return self.origins[path[:n]]
-        return self.default
-
-
-def _fmt_where(src: str) -> str:
-    return f" ({src})" if src.startswith("override") else f" in {src}"
-
-
-def _error(path: tuple, msg: str, where: _Where) -> ConfigError:
-    key = ".".join(path)
-    text = f"{key}: {msg}" if key else msg
-    return ConfigError(text + _fmt_where(where(path)))
-
-
-_NAMES = {int: ("an int", "ints"), float: ("a number", "numbers"), str: ("a string", "strings"),
-          bool: ("a bool", "bools"), type(None): ("null", "nulls")}
-
-
-def _describe(tp, plural: bool = False) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp in _NAMES:
-        return _NAMES[tp][plural]
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a, plural) for a in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return ("lists" if plural else "a list") + f" of {_describe(args[0], True)}"
-        if len(set(args)) == 1:
-            return ("lists" if plural else "a list") + f" of {len(args)} {_describe(args[0], True)}"
-        return ("lists" if plural else "a list") + " of (" + ", ".join(_describe(a) for a in args) + ")"
-    if tp is dict or origin is dict:
-        return "mappings" if plural else "a mapping"
-    if dataclasses.is_dataclass(tp):
-        return "mappings" if plural else "a mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-_FLOAT_RE = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(inf|nan)", re.IGNORECASE)
-
-
-class _Mismatch(Exception):
-    """A value does not have the expected type; `path` is where, relative to the converted value."""
-
-    def __init__(self, path: tuple, expected: str, value):
-        self.path, self.expected, self.value = path, expected, value
-
-
-def _convert(value, tp, path: tuple, where: _Where):
-    """`value` as type `tp`, or raise ConfigError/_Mismatch naming the path."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return copy.deepcopy(value)
-    if origin in (typing.Union, types.UnionType):
-        for a in args:  # None first if allowed, then the others in order
-            if a is type(None) and value is None:
-                return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(value, a, path, where)
-            except _Mismatch as e:
-                if e.path != path:  # the value matched the outer shape but an element is wrong: report that
-                    raise
-        raise _Mismatch(path, _describe(tp), value)
-    if origin is Literal:
-        if any(type(value) is type(a) and value == a for a in args):
-            return value
-        raise _Mismatch(path, _describe(tp), value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch(path, _describe(tp), value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch(path, _describe(tp), value)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-            return float(value)
-        raise _Mismatch(path, _describe(tp), value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch(path, _describe(tp), value)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch(path, _describe(tp), value)
-        if len(args) == 2 and args[1] is Ellipsis:
-            elem = [args[0]] * len(value)
-        elif len(value) != len(args):
-            raise _Mismatch(path, _describe(tp), value)
-        else:
-            elem = args
-        out = []
-        for i, (v, t) in enumerate(zip(value, elem)):
-            try:
-                out.append(_convert(v, t, path + (f"[{i}]",), where))
-            except _Mismatch:  # name the whole list: "expected a list of 2 ints, got [1, 'x']"
-                raise _Mismatch(path, _describe(tp), value) from None
-        return tuple(out)
-    if tp is dict or origin is dict:
-        if not isinstance(value, Mapping):
-            raise _Mismatch(path, _describe(tp), value)
-        if not args:
-            return _plain_data(value)
-        kt, vt = args
-        return {_convert(k, kt, path, where): _convert(v, vt, path + (str(k),), where) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise _Mismatch(path, _describe(tp), value)
-        return _build(tp, value, path, where)
-    raise TypeError(f"config field type {tp!r} at {'.'.join(path)} is not supported")
-
-
-def _plain_data(value):
-    """A deep copy of YAML-like data with tuples as lists and mapping keys as they are."""
-    if isinstance(value, Mapping):
-        return {k: _plain_data(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain_data(v) for v in value]
-    return copy.deepcopy(value)
-
-
-def _field_default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return f.default_factory()
-    return dataclasses.MISSING
-
-
-def _build(cls, data: Mapping, path: tuple, where: _Where):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    for key in data:
-        if key not in fields:
-            hint = difflib.get_close_matches(str(key), list(fields), n=1)
-            extra = f" (did you mean '{hint[0]}'?)" if hint else f"; known keys: {', '.join(fields)}"
-            kp = ".".join(path + (str(key),))
-            raise ConfigError(f"unknown config key '{kp}'{_fmt_where(where(path + (str(key),)))}{extra}")
-    kwargs = {}
-    for name, f in fields.items():
-        fp = path + (name,)
-        default = _field_default(f)
-        if name not in data:
-            if default is dataclasses.MISSING:
-                raise ConfigError(f"missing required config key '{'.'.join(fp)}'{_fmt_where(where(path))}")
-            continue
-        value = data[name]
-        if dataclasses.is_dataclass(hints[name]) and isinstance(value, Mapping) and default is not dataclasses.MISSING:
-            value = _merge(_plain(default), value)  # a section merges over its own defaults
-        try:
-            kwargs[name] = _convert(value, hints[name], fp, where)
-        except _Mismatch as e:
-            raise _error(e.path, f"expected {e.expected}, got {_short(e.value)}", where) from None
-    try:
-        return cls(**kwargs)
-    except _FieldError as e:  # the dataclass's own checks name the field (relative to this section)
-        raise _error(path + tuple(e.field.split(".")), e.msg, where) from None
-    except (ValueError, TypeError) as e:  # checks of classes defined elsewhere (TiODepthConfig)
-        raise _error(path, str(e), where) from None
-
-
-def build(cls, data: Mapping, *, source: str = "<dict>", where: _Where | None = None):
-    """A `cls` dataclass from plain data, with the same checks as `load_config`."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"a configuration must be a mapping, got {_short(data)} in {source}")
-    where = where or _Where(source)
-    return _build(cls, data, (), where)
+# YAML text
 
 
 class _Dumper(yaml.SafeDumper):
@@ -653,35 +421,14 @@ _Dumper.add_representer(list, _represent_list)
 
 def dump_yaml(data: Mapping) -> str:
     """YAML text of plain config data (`TrainConfig.to_dict()`), readable by `load_config`."""
-    return yaml.dump(_plain(data), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)
-
-
-def _plain(obj):
-    """Dataclasses -> dicts, tuples -> lists, recursively."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
+    return yaml.dump(plain(data), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # YAML files, `_base` includes and overrides
 
 
-def _merge(base, over):
-    """Recursive merge: mappings merge, everything else (lists, scalars, null) replaces."""
-    if isinstance(base, Mapping) and isinstance(over, Mapping):
-        out = dict(base)
-        for k, v in over.items():
-            out[k] = _merge(base[k], v) if k in base else _plain_data(v)
-        return out
-    return _plain_data(over)
-
-
-def _read_yaml(path: Path, where: _Where, stack: tuple = ()) -> dict:
+def _read_yaml(path: Path, where: Where, stack: tuple = ()) -> dict:
     """A YAML file with its `_base` includes resolved."""
     shown = str(path)
     if path.resolve() in stack:
@@ -698,7 +445,7 @@ def _read_yaml(path: Path, where: _Where, stack: tuple = ()) -> dict:
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{shown} must hold a mapping at the top level, got {_short(data)}")
+        raise ConfigError(f"{shown} must hold a mapping at the top level, got {short_repr(data)}")
     data = dict(data)
     bases = data.pop("_base", None)
     if bases is None:
@@ -706,15 +453,15 @@ def _read_yaml(path: Path, where: _Where, stack: tuple = ()) -> dict:
     elif isinstance(bases, str):
         bases = [bases]
     elif not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
-        raise ConfigError(f"_base: expected a file name or a list of file names, got {_short(bases)} in {shown}")
+        raise ConfigError(f"_base: expected a file name or a list of file names, got {short_repr(bases)} in {shown}")
     merged: dict = {}
     for b in bases:
         bp = path.parent / b
         if not bp.exists():
             raise ConfigError(f"_base: included file {str(bp)!r} does not exist (in {shown})")
-        merged = _merge(merged, _read_yaml(bp, where, stack + (path.resolve(),)))
+        merged = merge(merged, _read_yaml(bp, where, stack + (path.resolve(),)))
     where.record(data, shown)
-    return _merge(merged, data)
+    return merge(merged, data)
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
@@ -735,9 +482,9 @@ def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
     return path, value
 
 
-def apply_overrides(data: Mapping, overrides, where: _Where | None = None) -> dict:
+def apply_overrides(data: Mapping, overrides, where: Where | None = None) -> dict:
     """Apply `key.sub=value` strings to plain config data (mapping values merge, others replace)."""
-    out = _plain_data(data)
+    out = plain(data)
     for text in overrides:
         path, value = parse_override(text)
         node = out
@@ -746,18 +493,18 @@ def apply_overrides(data: Mapping, overrides, where: _Where | None = None) -> di
                 node[k] = {}
             elif not isinstance(node[k], dict):
                 raise ConfigError(f"override {text!r}: '{'.'.join(path[:i + 1])}' is not a section "
-                                  f"(it holds {_short(node[k])})")
+                                  f"(it holds {short_repr(node[k])})")
             node = node[k]
         last = path[-1]
-        node[last] = _merge(node[last], value) if isinstance(node.get(last), dict) else _plain_data(value)
+        node[last] = merge(node[last], value) if isinstance(node.get(last), dict) else plain(value)
         if where is not None:
             where.record(value, f"override {text!r}", path)
     return out
 
 
-def load_config_dict(path, overrides=()) -> tuple[dict, _Where]:
+def load_config_dict(path, overrides=()) -> tuple[dict, Where]:
     """The merged plain data of a YAML file (with `_base` includes) and `overrides`, before type checking."""
-    where = _Where(str(path))
+    where = Where(str(path))
     data = _read_yaml(Path(path), where)
     if isinstance(overrides, str):
         overrides = [overrides]

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tiodepth_jax import schema
 from tiodepth_jax.models.dinov2 import DinoV2, DinoV2Config
 from tiodepth_jax.models.dpt import DPTConfig, DPTHead
 
@@ -58,15 +59,8 @@ class DepthAnythingV2Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DepthAnythingV2Config":
-        try:
-            return cls(
-                dinov2=DinoV2Config(**d["dinov2"]),
-                dpt=DPTConfig(**{**d["dpt"], "out_channels": tuple(d["dpt"]["out_channels"])}),
-                taps=tuple(d["taps"]),
-                variant=d.get("variant", "custom"),
-            )
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"not a Depth-Anything-V2 model config ({e}): {d}") from e
+        """The config `to_dict` wrote; a bad key raises a `schema.ConfigError` (a ValueError) naming it."""
+        return schema.from_dict(cls, d, "Depth-Anything-V2 model config")
 
 
 class DepthAnythingV2(nnx.Module):

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tiodepth_jax import schema
 from tiodepth_jax.models.decoder import DECODER_NAME, DecoderConfig, DPDecoder, parse_decoder_name
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2Config
 from tiodepth_jax.models.encoder import TiOEncoder
@@ -37,21 +38,17 @@ class TiODepthConfig:
     frozen: tuple[str, ...] = ("encoder",)      # parameter path prefixes no optimiser touches (fork)
     decoder_channels: tuple[int, int, int, int] = (64, 128, 256, 256)
     decoder_name: str = DECODER_NAME
-    min_disp: float = 2.0
-    max_disp: float = 300.0
+    min_disp: schema.Float = 2.0
+    max_disp: schema.Float = 300.0
     n_bins: int = 49
-    d2d: float = 400.9
+    d2d: schema.Float = 400.9
     image_size: tuple[int, int] = (252, 840)    # training crop (H, W)
     train_side: str = "o"
-    downscale_occ: bool = True
-    fuse_mode: str = "OccLap"
 
     def __post_init__(self):
         for p in self.frozen:
             if p.split(".")[0] not in ("encoder", "decoder"):
                 raise ValueError(f"frozen entry {p!r} must start with 'encoder' or 'decoder'")
-        if self.fuse_mode != "OccLap" or not self.downscale_occ:
-            raise ValueError("only fuse_mode 'OccLap' with downscale_occ True is implemented (spec §2.1)")
 
     def encoder_config(self) -> DepthAnythingV2Config:
         return DepthAnythingV2Config.preset(self.variant, depth=self.encoder_depth, taps=self.encoder_taps)
@@ -71,12 +68,8 @@ class TiODepthConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TiODepthConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f"unknown TiO-Depth config keys: {unknown}")
-        tuples = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}
-        return cls(**{**d, **tuples})
+        """The config `to_dict` wrote; a bad key raises a `schema.ConfigError` (a ValueError) naming it."""
+        return schema.from_dict(cls, d, "TiO-Depth config")
 
 
 def volume_outputs(logits, bins, d2d: float, name: str, side: str) -> dict:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tiodepth_jax import schema
 from tiodepth_jax.models.dinov2 import matmul_precision
 
 # (attribute, torchvision features index, in channels, out channels, slice) in forward order.
@@ -60,10 +61,8 @@ class VGG19Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VGG19Config":
-        try:
-            return cls(**d)
-        except TypeError as e:
-            raise ValueError(f"not a VGG19 features config ({e}): {d}") from e
+        """The config `to_dict` wrote; a bad key raises a `schema.ConfigError` (a ValueError) naming it."""
+        return schema.from_dict(cls, d, "VGG19 features config")
 
     @property
     def layers(self) -> tuple[tuple[str, int, int, int, int], ...]:
