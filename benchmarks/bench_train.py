@@ -18,12 +18,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tiodepth_jax.config import OptimConfig
 from tiodepth_jax.data.synthetic import SceneConfig, make_batch
 from tiodepth_jax.losses import TRAINING_LOSSES
 from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
 from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
-from tiodepth_jax.train.optim import default_groups
-from tiodepth_jax.train.step import active_groups, init_state, lr_factors, make_step
+from tiodepth_jax.train.optim import active_groups, lr_factors, optimizer
+from tiodepth_jax.train.step import init_state, make_step
 
 
 def main(argv=None):
@@ -38,14 +39,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     cfg = TiODepthConfig(variant=args.variant, image_size=tuple(args.size))
-    groups = default_groups()
+    optim = OptimConfig()
+    groups, tx = optim.groups, optimizer(optim)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); random weights; "
           f"{args.variant} {args.size[0]}x{args.size[1]} batch {args.batch} {args.dtype}")
 
     def create():
         model = TiODepth(cfg, dtype=dtype, remat=args.remat, rngs=nnx.Rngs(0))
         vgg = VGG19Features(VGG19Config(), dtype=dtype, rngs=nnx.Rngs(1))
-        return init_state(model, groups, cfg.frozen), nnx.split(vgg)[1]
+        return init_state(model, groups, cfg.frozen, tx), nnx.split(vgg)[1]
 
     state, vgg_params = jax.jit(create)()
     graphdef = nnx.split(nnx.eval_shape(lambda: TiODepth(cfg, dtype=dtype, remat=args.remat, rngs=nnx.Rngs(0))),
@@ -55,7 +57,7 @@ def main(argv=None):
     batch = {k: jnp.asarray(v) for k, v in make_batch(scene, list(range(args.batch))).items()}
     for epoch in args.epochs:
         active = active_groups(groups, epoch)
-        step = jax.jit(make_step(graphdef, vgg_graphdef, groups, active, TRAINING_LOSSES, cfg.frozen),
+        step = jax.jit(make_step(graphdef, vgg_graphdef, groups, active, TRAINING_LOSSES, cfg.frozen, tx),
                        donate_argnums=(0,))
         factors = lr_factors(groups, epoch)
         t0 = time.perf_counter()

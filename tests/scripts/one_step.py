@@ -12,8 +12,8 @@ from flax import nnx
 
 from tiodepth_jax.config import load_config
 from tiodepth_jax.train.loop import Trainer, batches, to_global
+from tiodepth_jax.train.optim import active_groups, lr_factors
 from tiodepth_jax.train.sharding import make_mesh
-from tiodepth_jax.train.step import lr_factors
 
 config, workdir, meshes = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 cfg = load_config(config, [f"workdir={workdir}", *sys.argv[4:]])
@@ -21,7 +21,7 @@ cfg = load_config(config, [f"workdir={workdir}", *sys.argv[4:]])
 
 def one_step(trainer, epoch: int) -> dict:
     """One iteration of `epoch`'s active groups from the initial state (the state is copied, not donated)."""
-    active = tuple(g.name for g in trainer.groups if epoch >= g.st_epoch)
+    active = active_groups(trainer.groups, epoch)
     batch = next(iter(batches(cfg, trainer.train_ds, epoch)))
     state0 = jax.tree.map(jnp.copy, trainer.state)
     state, metrics = trainer.step_fn(active)(state0, trainer.vgg_params, to_global(batch, trainer.batch_sharding),
@@ -36,6 +36,6 @@ for mesh in meshes:
     data, fsdp = map(int, mesh.split("x"))
     trainer = Trainer(cfg, make_mesh(data, fsdp, devices=jax.devices()[:data * fsdp]))
     split = sum("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(trainer.state["params"]))
-    last = max(g.st_epoch for g in trainer.groups)
+    last = max(g.st_epoch for _, g in trainer.groups)
     print(json.dumps({"mesh": mesh, "devices": data * fsdp, "fsdp_split_params": split, "mono": one_step(trainer, 1),
                       "all": one_step(trainer, last)}))

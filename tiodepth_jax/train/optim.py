@@ -1,6 +1,7 @@
 """Parameter groups, their Adam optimisers and step schedules (spec §2.8, §6.2, §12.6).
 
-TiO-Depth trains three parameter groups, each with its own Adam and its own MultiStep schedule:
+TiO-Depth trains three parameter groups (`config.GroupConfig`), each with its own Adam and its own
+MultiStep schedule:
 
     param_group1: BB (x1)            -> the Mono stage
     param_group2: CA (x1), DE (x0.1)  -> the Stereo stage
@@ -11,51 +12,24 @@ BB = every trainable parameter outside CA and MO (DE plus any unfrozen encoder p
 three groups and gets three separate Adam updates per iteration. A parameter under a `frozen` prefix is in
 no group: no optimiser state, no gradient computed.
 
-Adam here is optax's `scale_by_adam` (bias-corrected moments, eps outside the square root), which is
-PyTorch's Adam update; the learning rate of each member is applied per leaf, so one Adam state per group
-serves members with different rates, exactly like one torch optimiser with several param groups.
+A group's update direction is `optimizer(cfg.optim)`: optionally PyTorch's `clip_grad_norm_` over the
+group's gradients, optionally PyTorch Adam's `weight_decay` (added to the gradient before the moments),
+then optax's `scale_by_adam` (bias-corrected moments, eps outside the square root), which is PyTorch's
+Adam update. The learning rate of each member is applied per leaf, so one Adam state per group serves
+members with different rates, exactly like one torch optimiser with several param groups.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-MEMBERS = ("BB", "CA", "DE", "MO")
+from tiodepth_jax.config import GroupConfig, OptimConfig
 
-
-@dataclasses.dataclass(frozen=True)
-class GroupSpec:
-    """One optimiser: its members with lr rates, start epoch and MultiStep schedule (per epoch, from 1)."""
-
-    name: str
-    rates: dict[str, float]
-    st_epoch: int
-    milestones: tuple[int, ...]
-    gamma: float = 0.5
-    lr: float = 1e-4
-
-    def __post_init__(self):
-        unknown = sorted(set(self.rates) - set(MEMBERS))
-        if unknown:
-            raise ValueError(f"{self.name}: unknown parameter set(s) {unknown}; known: {MEMBERS}")
-        if "BB" in self.rates and "DE" in self.rates:
-            raise ValueError(f"{self.name}: BB already contains DE; a parameter cannot be in two of its members")
-
-    def lr_factor(self, epoch: int) -> float:
-        """MultiStepLR after `epoch - 1` scheduler steps: gamma ** #(milestones <= epoch - 1)."""
-        return self.gamma ** sum(m <= epoch - 1 for m in self.milestones)
-
-
-def default_groups() -> tuple[GroupSpec, ...]:
-    """The training yaml's groups (spec §6.2): Unified-BB*1-CA*1+DE*0.1-MO*1+DE*0.1."""
-    return (GroupSpec("param_group1", {"BB": 1.0}, 1, (20, 30, 40, 45)),
-            GroupSpec("param_group2", {"CA": 1.0, "DE": 0.1}, 21, (30, 40, 45)),
-            GroupSpec("param_group3", {"MO": 1.0, "DE": 0.1}, 31, (40, 45)))
+Groups = tuple[tuple[str, GroupConfig], ...]  # (name, group with its lr resolved), in training order
+CLIP_EPS = 1e-6                               # torch.nn.utils.clip_grad_norm_: max_norm / (norm + 1e-6)
 
 
 def member(path: tuple) -> str:
@@ -75,38 +49,63 @@ def is_frozen(path: tuple, frozen: tuple[str, ...]) -> bool:
     return any(dotted == p or dotted.startswith(p + ".") for p in frozen)
 
 
-def label(path: tuple, group: GroupSpec, frozen: tuple[str, ...]) -> str | None:
+def label(path: tuple, group: GroupConfig, frozen: tuple[str, ...]) -> str | None:
     """The member of `group` that trains the parameter at `path`, or None."""
     if is_frozen(path, frozen):
         return None
-    m = member(path)
-    if m in group.rates:
+    members, m = group.members, member(path)
+    if m in members:
         return m
-    if "BB" in group.rates and m in ("DE", "ENC"):
+    if "BB" in members and m in ("DE", "ENC"):
         return "BB"
     return None
 
 
-def group_filter(group: GroupSpec, frozen: tuple[str, ...]):
+def group_filter(group: GroupConfig, frozen: tuple[str, ...]):
     """An nnx filter selecting the parameters `group` trains."""
     return lambda path, _: label(path, group, frozen) is not None
 
 
-def lr_tree(params_g: nnx.State, group: GroupSpec, frozen: tuple[str, ...], factor):
+def lr_tree(params_g: nnx.State, group: GroupConfig, frozen: tuple[str, ...], factor):
     """Per-leaf learning rate: group lr x schedule factor x member rate (factor may be traced)."""
-    return nnx.map_state(lambda path, _: group.lr * factor * group.rates[label(path, group, frozen)], params_g)
+    rates = group.members
+    return nnx.map_state(lambda path, _: group.lr * factor * rates[label(path, group, frozen)], params_g)
 
 
-def adam(b1: float = 0.5, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
-    """PyTorch Adam's direction (betas (0.5, 0.999) in TiO-Depth), without the learning rate."""
-    return optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=0.0)
+def clip_grad_norm(max_norm: float) -> optax.GradientTransformation:
+    """`torch.nn.utils.clip_grad_norm_`: the 2-norm of the per-tensor 2-norms; every gradient is multiplied
+    by min(1, max_norm / (norm + 1e-6))."""
+    def update(updates, state, params=None):
+        norms = jnp.stack([jnp.linalg.norm(g.ravel()) for g in jax.tree.leaves(updates)])
+        coef = jnp.minimum(max_norm / (jnp.linalg.norm(norms) + CLIP_EPS), 1.0)
+        return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def apply_adam(tx, params_g, grads_g, opt_state, lrs, do_step):
-    """One Adam step of a group, skipped (parameters and state unchanged) where `do_step` is False."""
+def optimizer(optim: OptimConfig) -> optax.GradientTransformation:
+    """A group's update direction without the learning rate (see the module docstring); plain Adam, with
+    its state layout, when neither clipping nor weight decay is set."""
+    adam = optax.scale_by_adam(b1=optim.betas[0], b2=optim.betas[1], eps=optim.eps, eps_root=0.0)
+    front = ([clip_grad_norm(optim.clip_grad_norm)] if optim.clip_grad_norm is not None else []) + \
+            ([optax.add_decayed_weights(optim.weight_decay)] if optim.weight_decay else [])
+    return optax.chain(*front, adam) if front else adam
+
+
+def apply_update(tx, params_g, grads_g, opt_state, lrs, do_step):
+    """One optimiser step of a group, skipped (parameters and state unchanged) where `do_step` is False."""
     direction, new_state = tx.update(grads_g, opt_state, params_g)
     is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731  (lrs holds plain numbers at those paths)
     new_params = jax.tree.map(lambda p, d, lr: p.replace(p[...] - lr * d[...]), params_g, direction, lrs,
                               is_leaf=is_var)
     keep = lambda new, old: jnp.where(do_step, new, old)  # noqa: E731
     return jax.tree.map(keep, new_params, params_g), jax.tree.map(keep, new_state, opt_state)
+
+
+def active_groups(groups: Groups, epoch: int) -> tuple[str, ...]:
+    """Groups whose start epoch has come, in order (spec §6.3)."""
+    return tuple(name for name, g in groups if g.active(epoch))
+
+
+def lr_factors(groups: Groups, epoch: int) -> dict:
+    """Each group's MultiStep factor for `epoch` (every scheduler ticks from epoch 1, active or not)."""
+    return {name: jnp.float32(g.lr_factor(epoch)) for name, g in groups}

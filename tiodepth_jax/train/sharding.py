@@ -15,16 +15,12 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 FSDP_MIN_SIZE = 2**16  # smaller arrays stay replicated
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, devices=None) -> jax.sharding.Mesh:
-    """A (data, fsdp) mesh over `devices` (default all); -1 takes the devices left over."""
+def make_mesh(data: int, fsdp: int, devices=None) -> jax.sharding.Mesh:
+    """A (data, fsdp) mesh over `devices` (default all), data x fsdp of them (`MeshConfig.shape` resolves
+    the config's -1)."""
     devices = list(devices if devices is not None else jax.devices())
-    n = len(devices)
-    if data == -1 and fsdp == -1:
-        raise ValueError("mesh: at most one of data and fsdp may be -1")
-    data = n // fsdp if data == -1 else data
-    fsdp = n // data if fsdp == -1 else fsdp
-    if data * fsdp != n:
-        raise ValueError(f"mesh: data={data} x fsdp={fsdp} does not use the {n} available devices")
+    if data * fsdp != len(devices):
+        raise ValueError(f"mesh: data={data} x fsdp={fsdp} does not use the {len(devices)} devices")
     return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 

@@ -1,13 +1,13 @@
 """One TiO-Depth training iteration as a pure function (spec §6.3).
 
-    state = init_state(model, groups, frozen)             # params, BatchNorm stats, one Adam per group
-    step = make_step(graphdef, vgg_graphdef, groups, active, loss_terms, frozen)
+    state = init_state(model, groups, frozen, tx)          # params, BatchNorm stats, one optimiser per group
+    step = make_step(graphdef, vgg_graphdef, groups, active, loss_terms, frozen, tx)
     state, metrics = step(state, vgg_params, batch, lr_factors)   # jit it with shardings (train/sharding.py)
 
 The active groups run in order; group k's forward runs path k (Mono, Stereo, Refine) with the
 parameters the previous group just updated, differentiates its own loss with respect to its own
-parameters only (frozen ones and other groups' are constants) and steps its Adam, unless its loss is
-exactly zero. BatchNorm running statistics are updated by every train-mode forward and threaded through.
+parameters only (frozen ones and other groups' are constants) and steps its optimiser, unless its loss
+is exactly zero. `groups` are `train.optim.Groups`, `tx` is `train.optim.optimizer(cfg.optim)`. BatchNorm running statistics are updated by every train-mode forward and threaded through.
 """
 
 from __future__ import annotations
@@ -15,26 +15,24 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from tiodepth_jax.losses import evaluate_terms
 from tiodepth_jax.models import stages
-from tiodepth_jax.train.optim import GroupSpec, adam, apply_adam, group_filter, lr_tree
+from tiodepth_jax.train.optim import Groups, apply_update, group_filter, lr_tree
 
 STAGES = (lambda m, vgg, batch, out: stages.stage1(m, vgg, batch),
           lambda m, vgg, batch, out: stages.stage2(m, batch, out),
           lambda m, vgg, batch, out: stages.stage3(m, batch, out))
 
 
-def init_state(model: nnx.Module, groups: tuple[GroupSpec, ...], frozen: tuple[str, ...], tx=None) -> dict:
-    """{'params', 'batch_stats', 'opt': {group name: Adam state of that group's parameters}}."""
+def init_state(model: nnx.Module, groups: Groups, frozen: tuple[str, ...], tx) -> dict:
+    """{'params', 'batch_stats', 'opt': {group name: optimiser state of that group's parameters}}."""
     _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    tx = tx or adam()
     opt = {}
-    for g in groups:
+    for name, g in groups:
         params_g, _ = nnx.split_state(params, group_filter(g, frozen), ...)
-        opt[g.name] = tx.init(params_g)
+        opt[name] = tx.init(params_g)
     return {"params": params, "batch_stats": stats, "opt": opt}
 
 
@@ -50,15 +48,14 @@ def stage_loss(graphdef, vgg, loss_terms: dict, k: int, name: str):
     return loss_fn
 
 
-def make_step(graphdef, vgg_graphdef, groups: tuple[GroupSpec, ...], active: tuple[str, ...],
-              loss_terms: dict, frozen: tuple[str, ...], tx=None) -> Callable:
+def make_step(graphdef, vgg_graphdef, groups: Groups, active: tuple[str, ...], loss_terms: dict,
+              frozen: tuple[str, ...], tx) -> Callable:
     """The iteration for the `active` groups (names, in training order).
 
     step(state, vgg_params, batch, lr_factors) -> (state, metrics); the VGG19 parameters (never trained)
     are an argument so that they are not baked into the compiled program.
     """
-    by_name = {g.name: g for g in groups}
-    tx = tx or adam()
+    by_name = dict(groups)
 
     def step(state: dict, vgg_params, batch: dict, lr_factors: dict):
         vgg = nnx.merge(vgg_graphdef, vgg_params)
@@ -71,7 +68,7 @@ def make_step(graphdef, vgg_graphdef, groups: tuple[GroupSpec, ...], active: tup
             grad_fn = jax.value_and_grad(stage_loss(graphdef, vgg, loss_terms, k, name), has_aux=True)
             (loss, (outputs, values, stats)), grads = grad_fn(params_g, params_rest, stats, batch, outputs)
             lrs = lr_tree(params_g, group, frozen, lr_factors[name])
-            params_g, opt[name] = apply_adam(tx, params_g, grads, opt[name], lrs, loss != 0)
+            params_g, opt[name] = apply_update(tx, params_g, grads, opt[name], lrs, loss != 0)
             params = nnx.merge_state(params_rest, params_g)
             metrics[f"{name}-loss"] = loss
             metrics.update({f"{name}/{term}": v for term, v in values.items()})
@@ -80,12 +77,3 @@ def make_step(graphdef, vgg_graphdef, groups: tuple[GroupSpec, ...], active: tup
 
     return step
 
-
-def active_groups(groups: tuple[GroupSpec, ...], epoch: int) -> tuple[str, ...]:
-    """Groups whose start epoch has come, in order (spec §6.3)."""
-    return tuple(g.name for g in groups if epoch >= g.st_epoch)
-
-
-def lr_factors(groups: tuple[GroupSpec, ...], epoch: int) -> dict:
-    """Each group's MultiStep factor for `epoch` (every scheduler ticks from epoch 1, active or not)."""
-    return {g.name: jnp.float32(g.lr_factor(epoch)) for g in groups}
