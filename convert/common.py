@@ -9,7 +9,6 @@ name and refuses to write a partial model unless asked to.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import zipfile
 from pathlib import Path
 
@@ -18,11 +17,12 @@ import numpy as np
 from flax import nnx
 
 from tiodepth_jax.checkpoint import save_model
+from tiodepth_jax.errors import InputError, InputNotFoundError, run_command
 
 WRAPPER_KEYS = ("model", "state_dict", "model_params", "module")
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError):
     """A checkpoint that cannot be converted as asked; the message names the offending tensors."""
 
 
@@ -34,7 +34,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+        raise InputNotFoundError(f"checkpoint file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
         try:
@@ -101,15 +101,6 @@ def conv_kernel(w):  # (O, I, kh, kw) -> (kh, kw, I, O)
 
 def conv_transpose_kernel(w):  # PyTorch ConvTranspose2d (I, O, kh, kw) -> (kh, kw, I, O)
     return np.ascontiguousarray(w.transpose(2, 3, 0, 1))
-
-
-def torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:
-    """Our array back in PyTorch's layout: conv kernels HWIO -> OIHW, linear kernels (in, out) -> (out, in)."""
-    if leaf == "kernel" and value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)
-    if leaf == "kernel" and value.ndim == 2:
-        return value.T
-    return value
 
 
 def generic_leaf(module_path: tuple, leaf: str, value: np.ndarray):
@@ -259,12 +250,9 @@ def run_conversion(checkpoint, out, convert, *, converter: str, describe) -> int
     """The body of every converter command: read `checkpoint`, `convert(state_dict) -> (model, report)`,
     save to `out`, print the report. User errors (bad or missing file, mismatched tensors, existing output)
     print one line and return exit code 2."""
-    try:
+    def body():
         model, report = convert(read_state_dict(checkpoint))
         path = save_model(out, model, source={"checkpoint": str(checkpoint), "converter": converter})
-    except (ConversionError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    print(f"wrote {describe(model)} to {path}")
-    return 0
+        print(report.summary())
+        print(f"wrote {describe(model)} to {path}")
+    return run_command(body)

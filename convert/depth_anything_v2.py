@@ -51,7 +51,10 @@ def infer_config(sd: dict[str, np.ndarray], *, variant: str | None = None, depth
     if n_blocks != preset.dinov2.depth and taps is None:
         raise ConversionError(f"the checkpoint has {n_blocks} blocks, the {found} preset {preset.dinov2.depth}: "
                               "pass the tapped blocks (--taps) for a reduced-depth trunk")
-    cfg = DepthAnythingV2Config.preset(found, depth=n_blocks, taps=taps)
+    try:
+        cfg = DepthAnythingV2Config.preset(found, depth=n_blocks, taps=taps)
+    except ValueError as e:  # taps beyond the checkpoint's blocks
+        raise ConversionError(f"the checkpoint's {n_blocks}-block {found} trunk: {e}") from None
     for k, oc in enumerate(cfg.dpt.out_channels):
         key = f"{prefix}depth_head.projects.{k}.weight"
         if key in sd and sd[key].shape[0] != oc:

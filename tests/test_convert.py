@@ -1,6 +1,7 @@
 """The Depth-Anything-V2 converter: file formats, wrappers, strictness and bad input.
 
-Uses a 2-block cut of the ViT-S fixture weights (regenerated from the recipe) to stay small.
+Uses a 2-block cut of the weights of the smallest discovered Depth-Anything-V2 fixture set (regenerated from its
+recipe) to stay small.
 """
 
 from __future__ import annotations
@@ -15,23 +16,29 @@ from safetensors.numpy import save_file
 
 from convert import depth_anything_v2 as dav2
 from convert.common import ConversionError, read_state_dict
-from tests.parity import FixtureSet, discover
+from tests.parity import dav2_sets
 from tiodepth_jax.checkpoint import load_model, save_model
 
 TAPS = ["0", "1", "1", "1"]
 
 
-def _vits_meta_path():
-    for p in discover():
-        if json.loads(p.read_text())["name"] == "dav2_vits":
-            return p
-    pytest.skip("the dav2_vits fixture set is not available (TIODEPTH_FIXTURES)")
+@pytest.fixture(scope="module")
+def smallest_set():
+    sets = dav2_sets()
+    if not sets:
+        pytest.skip("no Depth-Anything-V2 fixture set is available (TIODEPTH_FIXTURES)")
+    return min(sets, key=lambda fs: fs.meta["config"]["n_params"])
 
 
 @pytest.fixture(scope="module")
-def small_sd():
-    """ViT-S weights with only blocks 0 and 1: a valid reduced-depth Depth-Anything-V2 checkpoint."""
-    sd = FixtureSet(_vits_meta_path()).state_dict()
+def variant(smallest_set):
+    return smallest_set.meta["config"]["constructor_args"]["encoder"]
+
+
+@pytest.fixture(scope="module")
+def small_sd(smallest_set):
+    """The set's weights with only blocks 0 and 1: a valid reduced-depth Depth-Anything-V2 checkpoint."""
+    sd = smallest_set.state_dict()
     return {k: v for k, v in sd.items() if not k.startswith("pretrained.blocks.") or k.split(".")[2] in "01"}
 
 
@@ -52,7 +59,7 @@ def _torch_save(path, obj):
 
 
 @pytest.mark.parametrize("fmt", ["pth", "pth-model", "pth-state_dict", "pth-ddp", "safetensors"])
-def test_cli_round_trip(tmp_path, small_sd, image, reference_depth, fmt, capsys):
+def test_cli_round_trip(tmp_path, small_sd, image, reference_depth, fmt, capsys, variant):
     src = tmp_path / ("w.safetensors" if fmt == "safetensors" else "w.pth")
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in small_sd.items()}
     if fmt == "safetensors":
@@ -66,7 +73,7 @@ def test_cli_round_trip(tmp_path, small_sd, image, reference_depth, fmt, capsys)
     out = tmp_path / "ckpt"
     assert dav2.main(["--checkpoint", str(src), "--out", str(out), "--taps", *TAPS]) == 0
     text = capsys.readouterr().out
-    assert "converted" in text and "pretrained.mask_token" in text and "vits" in text
+    assert "converted" in text and "pretrained.mask_token" in text and variant in text
     model = load_model(out, kind="depth_anything_v2")
     assert model.cfg.dinov2.depth == 2 and model.cfg.taps == (0, 1, 1, 1)
     np.testing.assert_array_equal(np.asarray(model(image)), reference_depth)
@@ -158,13 +165,12 @@ def test_load_model_errors(small_sd, tmp_path):
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
     with pytest.raises(ValueError, match="could not read the parameters"):
         load_model(out)
-    # A checkpoint whose config says ViT-B while the parameters are ViT-S.
+    # A checkpoint whose config has twice the width of its parameters.
     meta_file = tmp_path / "ck2" / "model.json"
     save_model(tmp_path / "ck2", model)
     meta = json.loads(meta_file.read_text())
-    meta["config"]["dinov2"]["embed_dim"] = 768
-    meta["config"]["dinov2"]["num_heads"] = 12
-    meta["config"]["dpt"]["in_channels"] = 768
+    meta["config"]["dinov2"]["embed_dim"] *= 2
+    meta["config"]["dpt"]["in_channels"] *= 2
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="could not read the parameters"):
         load_model(tmp_path / "ck2")

@@ -13,7 +13,8 @@ from flax import nnx
 
 from tiodepth_jax import evaluate as ev
 from tiodepth_jax import postprocess
-from tiodepth_jax.checkpoint import save_model
+from tiodepth_jax.checkpoint import BEST_KEY, load, save_model
+from tiodepth_jax.inference import predict_outputs
 from tiodepth_jax.config import load_config
 from tiodepth_jax.data import builders, fake_kitti
 from tiodepth_jax.data.augment import eval_sample
@@ -146,7 +147,7 @@ def inputs(h=6, w=9, seed=0):
 @pytest.mark.parametrize("method", postprocess.METHODS)
 def test_predict_outputs_post_processes_mono_and_refine_only(method):
     model, x = FakeModel(), {k: v[None] for k, v in inputs().items()}
-    out = ev.predict_outputs(model, x, ("Mono", "Stereo", "Refine"), method)
+    out = predict_outputs(model, x, ("Mono", "Stereo", "Refine"), method)
     assert model.calls == [("Mono", "Stereo", "Refine"), ("Mono", "Refine")]
     second = postprocess.second_pass_image(method, x["color_s"])[..., 0:1]
     for m in ("Mono", "Refine"):
@@ -157,7 +158,7 @@ def test_predict_outputs_post_processes_mono_and_refine_only(method):
         np.testing.assert_allclose(out[ev.DISP_KEYS[m]], 10 * FakeModel.K[m] + x["color_s"][..., 1:2])
     np.testing.assert_allclose(out["stereo_depth_0_s"], 3 + x["color_s"][..., 0:1])
     with pytest.raises(ValueError, match="Mono and Refine paths only"):
-        ev.predict_outputs(FakeModel(), x, ("Stereo",), method)
+        predict_outputs(FakeModel(), x, ("Stereo",), method)
 
 
 def test_evaluator_compiles_once_per_shape():
@@ -285,20 +286,49 @@ def test_training_checkpoint(demo_cfg, model, tmp_path):
     for step in (4, 7):
         ckpts.save(step, state, {"epoch": 1})
     ckpts.close()
-    for path, step in ((run, 7), (run / "checkpoints" / "4", 4)):
-        loaded, info = ev.load_checkpoint(path)
-        assert info == {"checkpoint": str(run / "checkpoints"), "kind": "training", "step": step}
+    for path, which, step in ((run, "latest", 7), (run / "checkpoints" / "4", "latest", 4), (run, 4, 4)):
+        loaded = load(path, which=which)
+        assert loaded.source == {"checkpoint": str(run / "checkpoints"), "kind": "training", "step": step}
+        assert (loaded.kind, loaded.dtype) == ("tiodepth", demo_cfg.dtype)
+        assert loaded.train_size == demo_cfg.model.image_size and loaded.eval_size == demo_cfg.val.image_size
         for part, filt in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
-            want, got = jax.tree.leaves(state[part]), jax.tree.leaves(nnx.state(loaded, filt))
+            want, got = jax.tree.leaves(state[part]), jax.tree.leaves(nnx.state(loaded.model, filt))
             assert len(want) == len(got) and all(np.array_equal(a, b) for a, b in zip(want, got))
-    with pytest.raises(FileNotFoundError, match="no model.json and no training checkpoint"):
-        ev.load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a tiodepth_jax model directory"):
+        load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="has no checkpoint of step 5"):
+        load(run, which=5)
+    with pytest.raises(ValueError, match="carries a validation score"):
+        load(run, which="best")
+
+
+def test_best_training_checkpoint(demo_cfg, model, tmp_path):
+    """`which='best'` is the checkpoint with the lowest stored score, whatever its age."""
+    _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    ckpts = TrainCheckpoints(tmp_path / "checkpoints", keep=1, keep_best=True, async_save=False,
+                             config=demo_cfg.to_dict())
+    saved = {}
+    for step, score in ((3, 0.5), (6, -0.2), (9, 0.1)):
+        saved[step] = stats = jax.tree.map(lambda x: x + 1, stats)
+        ckpts.save(step, {"params": params, "batch_stats": stats}, {"epoch": 1}, {BEST_KEY: score})
+    ckpts.close()
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [6, 9]
+    # A resumed run (a new manager) still knows the scores: an unscored save does not evict the best.
+    ckpts = TrainCheckpoints(tmp_path / "checkpoints", keep=1, keep_best=True, async_save=False,
+                             config=demo_cfg.to_dict())
+    ckpts.save(12, {"params": params, "batch_stats": stats}, {"epoch": 2})
+    ckpts.close()
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [6, 12]
+    loaded = load(tmp_path, which="best")
+    assert loaded.source["step"] == 6
+    got = jax.tree.leaves(nnx.state(loaded.model, nnx.BatchStat))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(saved[6]), got))
 
 
 def test_converted_checkpoint(model, model_checkpoint):
-    loaded, info = ev.load_checkpoint(model_checkpoint)
-    assert info == {"checkpoint": str(model_checkpoint), "kind": "model"}
-    want, got = jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(loaded, nnx.Param))
+    loaded = load(model_checkpoint)
+    assert loaded.source == {"checkpoint": str(model_checkpoint), "kind": "model"} and loaded.eval_size is None
+    want, got = jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(loaded.model, nnx.Param))
     assert all(np.array_equal(a, b) for a, b in zip(want, got))
 
 

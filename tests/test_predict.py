@@ -139,7 +139,7 @@ def test_input_errors(checkpoint, tmp_path, capsys):
 def test_checkpoint_errors(tmp_path, capsys):
     write_rgb(tmp_path / "img.png", 20, 20)
     argv = ["--input", str(tmp_path / "img.png"), "--out", str(tmp_path / "o"), "--checkpoint"]
-    assert "not a tiodepth_jax model checkpoint" in run_main_error(argv + [str(tmp_path)], capsys)
+    assert "neither a tiodepth_jax model directory" in run_main_error(argv + [str(tmp_path)], capsys)
     other = tmp_path / "stereo"
     (other / "params").mkdir(parents=True)
     (other / "model.json").write_text(json.dumps({"format": FORMAT, "kind": "tiodepth_stereo", "config": {}}))
@@ -173,16 +173,12 @@ def test_list_and_read_images(tmp_path):
     assert image_size(tmp_path / "rot.jpg") == read_image(tmp_path / "rot.jpg").shape[:2] == (9, 4)
 
 
-def test_colormap_matches_colorbrewer_and_handles_degenerate_input():
+def test_colormap_handles_degenerate_input():
     spectral, spectral_r = get_lut("spectral"), get_lut("Spectral_r")
     assert spectral.shape == (256, 3) and spectral.dtype == np.uint8
     assert tuple(spectral[0]) == hex_to_rgb(SPECTRAL_HEX[0]) and tuple(spectral[-1]) == hex_to_rgb(SPECTRAL_HEX[-1])
     assert tuple(spectral_r[0]) == hex_to_rgb(SPECTRAL_HEX[-1]) and tuple(spectral_r[-1]) == hex_to_rgb(SPECTRAL_HEX[0])
-    # Piecewise-linear through the 11 colours at x = i / 255, truncated to bytes.
-    anchors = np.array([hex_to_rgb(c) for c in SPECTRAL_HEX], np.float64)
-    x = np.linspace(0, 1, 256)
-    ref = np.stack([np.interp(x, np.linspace(0, 1, 11), anchors[:, c]) for c in range(3)], axis=-1)
-    assert np.abs(spectral - ref).max() <= 1 and np.abs(spectral_r - ref[::-1]).max() <= 1
+    # (tests/test_colormap.py checks every entry against matplotlib)
 
     ramp = np.linspace(0.0, 3.0, 12, dtype=np.float32).reshape(3, 4)
     rgb = colorize(ramp)

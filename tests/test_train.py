@@ -130,3 +130,15 @@ def test_unavailable_data_settings_are_errors(overrides, message, tmp_path):
                       [o.format(tmp=tmp_path) for o in overrides])
     with pytest.raises((ValueError, ConfigError, FileNotFoundError), match=message):
         train_samples(cfg)
+
+
+def test_trainer_input_errors_are_one_line_and_leave_nothing(tmp_path):
+    """A dataset that was not built: one `error:` line, exit code 2, no traceback, no workdir created."""
+    workdir = tmp_path / "run"
+    p = run(["-m", "tiodepth_jax.train", "--config", "configs/demo.yaml", "data.name=kitti_raw",
+             f"data.data_dir={tmp_path / 'tfds'}", f"workdir={workdir}"])
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 2, out[-3000:]
+    errors = [ln for ln in out.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and "is not built in" in errors[0], out[-3000:]
+    assert "Traceback" not in out and not workdir.exists()

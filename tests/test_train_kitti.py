@@ -7,9 +7,11 @@ import sys
 import numpy as np
 import pytest
 
+from tiodepth_jax.checkpoint import BEST_KEY, run_manager
 from tiodepth_jax.config import load_config
 from tiodepth_jax.data import builders, fake_kitti
 from tiodepth_jax.train.loop import Trainer, val_batches, val_set
+from tests.test_summary import _read_records
 from tests.test_train import REPO, TINY
 
 
@@ -41,7 +43,10 @@ def test_val_batches_resize_inputs_and_keep_native_gt(tmp_path, kitti_data_dir):
 
 
 def test_one_epoch_on_kitti_records_with_eigen_validation(tmp_path, kitti_data_dir):
-    cfg = kitti_config(tmp_path, kitti_data_dir)
+    """Also: training images every logging.image_every_n_steps steps, and checkpoints ranked by
+    checkpoint.best_metric (a1: higher is better, so the stored score is -a1)."""
+    cfg = kitti_config(tmp_path, kitti_data_dir, "logging.image_every_n_steps=2", "checkpoint.keep_best=true",
+                       "checkpoint.best_metric=a1", "checkpoint.async_save=false")
     trainer = Trainer(cfg)
     assert len(trainer.train_ds) == 10  # 6 "l" lines + 4 "r" lines (even frames)
     result = trainer.run()
@@ -51,3 +56,11 @@ def test_one_epoch_on_kitti_records_with_eigen_validation(tmp_path, kitti_data_d
     for mode in ("Mono", "Stereo", "Refine"):
         assert 0 < result[f"val/{mode}/abs_rel"] < 10 and 0 <= result[f"val/{mode}/a1"] <= 1
     assert "tensorflow" not in sys.modules
+    _, images = _read_records(tmp_path / "logs")
+    for tag in ("train/color_s", "train/Mono/inverse_depth", "train/Refine/inverse_depth"):
+        assert [step for step, *_ in images[tag]] == [2, 4], tag
+    assert images["train/Mono/inverse_depth"][0][1:3] == (28, 56)  # the training crop
+    assert [step for step, *_ in images["val/Mono/inverse_depth"]] == [5]
+    manager = run_manager(tmp_path / "checkpoints")
+    (step,) = manager.all_steps()
+    assert manager.metrics(step)[BEST_KEY] == -result["val/Refine/a1"]

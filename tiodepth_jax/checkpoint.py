@@ -1,23 +1,36 @@
-"""Model checkpoints: a directory with `model.json` (what to build) and `params/` (orbax, pure dict of the
-parameters and BatchNorm statistics).
+"""Model loading and saving: the one place that turns a path into a model.
 
-    save_model(path, model, source={...})   # any model registered in MODEL_KINDS
-    model = load_model(path, dtype=jnp.bfloat16)
+Two kinds of source:
 
-Parameters are stored as an orbax `StandardCheckpointer` pytree of the NNX parameter state as a pure
-dict, which survives renames of Python classes; the JSON names the model kind and its config.
+* a **model directory** (written by `save_model`, e.g. by the converters): `model.json` (the model kind,
+  its config and where it came from) and `params/` (orbax, the parameters and BatchNorm statistics as a
+  pure dict, which survives renames of Python classes);
+* a **training run** (written by `tiodepth_jax.train`): its workdir, its checkpoint directory or one step
+  directory of it. The model is rebuilt from the resolved config stored with the checkpoints and only
+  its parameters and BatchNorm statistics are read (the optimiser states stay on disk).
+
+    loaded = load("runs/demo", which="best")        # or a model directory; which = latest | best | <step>
+    loaded.model, loaded.kind, loaded.dtype, loaded.train_size, loaded.eval_size, loaded.source
+    save_model(path, model, source={...})
+
+`load` builds the model in the compute dtype it was trained at (`dtype=` overrides) and reports the
+training crop and the evaluation input size the run used. Problems with the path are `UserError`s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from tiodepth_jax.config import TrainConfig, load_config
+from tiodepth_jax.errors import InputError, InputExistsError, InputNotFoundError
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
 from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
 from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
@@ -29,6 +42,20 @@ MODEL_KINDS = {
     "tiodepth": (TiODepth, TiODepthConfig),
     "vgg19_features": (VGG19Features, VGG19Config),
 }
+RUN_ITEMS = ("state", "meta")  # the items of a training checkpoint (train/checkpointing.py writes them)
+BEST_KEY = "val_score"         # the metric a training checkpoint is ranked by; lower is better
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """A model and what is known about it."""
+
+    model: nnx.Module
+    kind: str                                  # a key of MODEL_KINDS
+    dtype: str                                 # compute dtype the model was built with
+    train_size: tuple[int, int] | None         # TiO-Depth's training crop (model.image_size)
+    eval_size: tuple[int, int] | None          # the run's validation input size; None for a model directory
+    source: dict                               # {'checkpoint', 'kind': 'model' | 'training', 'step'}
 
 
 def model_kind(model: nnx.Module) -> str:
@@ -42,7 +69,7 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, source: dict | Non
     """Write `model`'s parameters and config to the directory `path` (which must not exist yet)."""
     path = Path(path).absolute()
     if path.exists():
-        raise FileExistsError(f"refusing to overwrite existing checkpoint directory {path}")
+        raise InputExistsError(f"refusing to overwrite existing checkpoint directory {path}")
     params = nnx.to_pure_dict(nnx.state(model, SAVED))
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path / "params", params)
@@ -56,37 +83,140 @@ def read_model_meta(path: str | os.PathLike) -> dict:
     path = Path(path)
     meta_file = path / "model.json"
     if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+        raise InputNotFoundError(f"checkpoint directory {path} does not exist")
     if not meta_file.is_file() or not (path / "params").is_dir():
-        raise ValueError(f"{path} is not a tiodepth_jax model checkpoint (needs model.json and params/)")
+        raise InputError(f"{path} is not a tiodepth_jax model checkpoint (needs model.json and params/)")
     try:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_file} is not valid JSON: {e}") from e
+        raise InputError(f"{meta_file} is not valid JSON: {e}") from e
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise InputError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("kind") not in MODEL_KINDS or not isinstance(meta.get("config"), dict):
+        raise InputError(f"{meta_file} names model kind {meta.get('kind')!r} with config "
+                         f"{type(meta.get('config')).__name__}; known kinds: {', '.join(MODEL_KINDS)}")
     return meta
+
+
+def _check_kind(path, found: str, kind: str | None) -> None:
+    if kind is not None and found != kind:
+        raise InputError(f"{path} holds a {found!r} model, not a {kind!r} model")
 
 
 def load_model(path: str | os.PathLike, *, kind: str | None = None, dtype=jnp.float32,
                remat: bool = False) -> nnx.Module:
-    """Rebuild the model saved at `path`. `kind`, when given, is checked against the checkpoint."""
+    """Rebuild the model of the model directory `path`. `kind`, when given, is checked against it."""
     meta = read_model_meta(path)
-    if kind is not None and meta["kind"] != kind:
-        raise ValueError(f"{path} holds a {meta['kind']!r} model, not a {kind!r} model")
-    if meta.get("kind") not in MODEL_KINDS or not isinstance(meta.get("config"), dict):
-        raise ValueError(f"{path}/model.json names model kind {meta.get('kind')!r} with config "
-                         f"{type(meta.get('config')).__name__}; known kinds: {', '.join(MODEL_KINDS)}")
+    _check_kind(path, meta["kind"], kind)
     cls, cfg_cls = MODEL_KINDS[meta["kind"]]
-    cfg = cfg_cls.from_dict(meta["config"])
+    try:
+        cfg = cfg_cls.from_dict(meta["config"])
+    except ValueError as e:
+        raise InputError(f"{path}/model.json: {e}") from None
     abstract = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, remat=remat, rngs=nnx.Rngs(0)))
     graphdef, abs_params, rest = nnx.split(abstract, SAVED, ...)
-    target = nnx.to_pure_dict(abs_params)
     params_dir = Path(path).absolute() / "params"
     try:
-        restored = ocp.StandardCheckpointer().restore(params_dir, target)
+        restored = ocp.StandardCheckpointer().restore(params_dir, nnx.to_pure_dict(abs_params))
     except Exception as e:  # orbax raises many types for missing/truncated/mismatched files
-        raise ValueError(f"could not read the parameters in {params_dir} "
+        raise InputError(f"could not read the parameters in {params_dir} "
                          f"(truncated, or not written for this {meta['kind']} config): {e}") from e
     nnx.replace_by_pure_dict(abs_params, restored)
     return nnx.merge(graphdef, abs_params, rest)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training runs
+
+
+def parse_which(text: str):
+    """A `--which` argument: 'latest', 'best' or a step number (argparse `type=`)."""
+    if text in ("latest", "best"):
+        return text
+    if not text.isdigit():
+        raise ValueError(f"expected latest, best or a step number, got {text!r}")
+    return int(text)
+
+
+def best_score(metrics) -> float:
+    """A checkpoint's ranking score (lower is better); +inf for one saved without a validation score."""
+    return (metrics or {}).get(BEST_KEY, float("inf"))
+
+
+def run_manager(directory: Path) -> ocp.CheckpointManager:
+    """A read-only manager of a run's checkpoint directory (nothing is created or cleaned up, so a running
+    training is not disturbed), ranking by `best_score`."""
+    options = ocp.CheckpointManagerOptions(create=False, best_fn=best_score, best_mode="min")
+    return ocp.CheckpointManager(directory.absolute(), item_names=RUN_ITEMS, options=options)
+
+
+def run_directory(path: Path) -> tuple[Path, int | None]:
+    """(checkpoint directory, step or None) of a run's workdir, its checkpoint directory or a step directory."""
+    if (path / "config.yaml").is_file() and not (path / "checkpoints").is_dir():
+        return Path(load_config(path / "config.yaml").checkpoint_dir), None
+    if (path / "checkpoints").is_dir():
+        return path / "checkpoints", None
+    if path.name.isdigit() and (path / "state").is_dir():
+        return path.parent, int(path.name)
+    return path, None
+
+
+def _run_step(manager: ocp.CheckpointManager, directory: Path, which) -> int:
+    steps = manager.all_steps()
+    if not steps:
+        raise InputNotFoundError(f"{directory} is neither a tiodepth_jax model directory (model.json and params/) "
+                                 "nor a training run with checkpoints")
+    if which == "latest":
+        return manager.latest_step()
+    if which == "best":
+        step = manager.best_step()
+        if step is None or BEST_KEY not in (manager.metrics(step) or {}):
+            raise InputError(f"no checkpoint in {directory} carries a validation score (checkpoint.keep_best and "
+                             "validation were off); use the newest one")
+        return step
+    if which not in steps:
+        raise InputNotFoundError(f"{directory} has no checkpoint of step {which}; steps: {sorted(steps)}")
+    return which
+
+
+def load_run(path: str | os.PathLike, *, which="latest", dtype=None) -> Loaded:
+    """The TiO-Depth model of a training run's checkpoint `which` ('latest', 'best' or a step), on the first
+    device, in the run's compute dtype unless `dtype` is given."""
+    directory, step = run_directory(Path(path))
+    manager = run_manager(directory)
+    try:
+        step = _run_step(manager, directory, which if step is None else step)
+        stored = manager.metadata().custom_metadata.get("config")
+        if not stored:
+            raise InputError(f"the training checkpoints in {directory} carry no config")
+        cfg = TrainConfig.from_dict(stored, source=f"{directory} (stored config)")
+        dtype = jnp.dtype(cfg.dtype if dtype is None else dtype)
+        abstract = nnx.eval_shape(lambda: TiODepth(cfg.model, dtype=dtype, rngs=nnx.Rngs(0)))
+        graphdef, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
+        target = {"params": params, "batch_stats": stats}
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        restore_args = ocp.checkpoint_utils.construct_restore_args(target, jax.tree.map(lambda _: device, target))
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)))
+    finally:
+        manager.close()
+    model = nnx.merge(graphdef, restored.state["params"], restored.state["batch_stats"])
+    return Loaded(model, "tiodepth", dtype.name, tuple(cfg.model.image_size), tuple(cfg.val.image_size),
+                  {"checkpoint": str(directory), "kind": "training", "step": step})
+
+
+def load(path: str | os.PathLike, *, kind: str | None = None, which="latest", dtype=None) -> Loaded:
+    """The model at `path`: a model directory or a training run (see the module docstring). `kind`, when
+    given, is checked; `which` selects a run's checkpoint; `dtype` defaults to the one trained with."""
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"checkpoint {path} does not exist")
+    if (path / "model.json").is_file():
+        meta = read_model_meta(path)
+        model = load_model(path, kind=kind, dtype=jnp.float32 if dtype is None else dtype)
+        train_size = tuple(meta["config"]["image_size"]) if meta["kind"] == "tiodepth" else None
+        return Loaded(model, meta["kind"], jnp.dtype(dtype or jnp.float32).name, train_size, None,
+                      {"checkpoint": str(path), "kind": "model"})
+    loaded = load_run(path, which=which, dtype=dtype)
+    _check_kind(path, loaded.kind, kind)
+    return loaded

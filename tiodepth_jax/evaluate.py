@@ -1,7 +1,7 @@
 """Evaluate a TiO-Depth checkpoint on a KITTI evaluation set: depth metrics per path (spec §8).
 
 Usage:
-  python -m tiodepth_jax.evaluate --config configs/X.yaml --checkpoint PATH
+  python -m tiodepth_jax.evaluate --config configs/X.yaml --checkpoint PATH [--which latest|best|STEP]
       [--dataset NAME] [--data-dir DIR] [--split S] [--modes Mono Stereo Refine]
       [--metric depth_kitti|depth_kitti_mono|depth_kitti_stereo2015] [--min-depth D] [--median-scaling]
       [--post-process none|fpp|gpp|mspp] [--max-samples N] [--out DIR] [key=value ...]
@@ -12,8 +12,10 @@ Usage:
                  entries (e.g. val.image_size=[252,840]).
   --checkpoint   a converted model checkpoint (a directory with model.json, `tiodepth_jax.checkpoint`), or
                  a training run's checkpoints: the run's workdir, its checkpoint directory (the newest step
-                 is used) or one step directory of it (<dir>/<step>). The model config is the checkpoint's
-                 own (model.json, or the resolved config stored with the training checkpoints).
+                 is used, or the one --which names) or one step directory of it (<dir>/<step>). The model
+                 config and compute dtype are the checkpoint's own (model.json, or the resolved config
+                 stored with the training checkpoints); `tiodepth_jax.checkpoint.load` reads them.
+  --which        a training run's checkpoint: latest (default), best (the best validation score) or a step
   --dataset      TFDS dataset name (`tfds.data_source`), e.g. kitti_eigen_test/raw, kitti_eigen_test/improved,
                  kitti_stereo2015 (default val.name, or data.name)
   --data-dir     TFDS data directory holding the built dataset (default val.data_dir, or data.data_dir);
@@ -48,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import json
 import sys
 import time
@@ -56,25 +57,21 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from flax import nnx
 from tqdm import tqdm
 
 from tiodepth_jax import postprocess
-from tiodepth_jax.checkpoint import load_model
+from tiodepth_jax.checkpoint import load, parse_which
 from tiodepth_jax.config import PATCH, TrainConfig, load_config
 from tiodepth_jax.data.augment import eval_sample
 from tiodepth_jax.data.pipeline import open_source
+from tiodepth_jax.errors import InputError, run_command
+from tiodepth_jax.inference import DEPTH_KEYS, DISP_KEYS, POST_PROCESSED_MODES, Jitted, predict_outputs
 from tiodepth_jax.metrics import (DEPTH_METRICS, depth_metrics, disparity_metrics, mean_metrics,
                                   resize_disparity_to_gt, resize_to_gt)
 from tiodepth_jax.models.tiodepth import PATHS, TiODepth
-from tiodepth_jax.predict import UserError, user_errors
 
-DEPTH_KEYS = {"Mono": "mono_depth_0_s", "Stereo": "stereo_depth_0_s", "Refine": "refmono_depth_0_s"}
-DISP_KEYS = {"Mono": "mono_disp_0_s", "Stereo": "stereo_disp_0_s", "Refine": "refmono_disp_0_s"}
 METRICS = ("depth_kitti", "depth_kitti_mono", "depth_kitti_stereo2015")
 POST_PROCESS = ("none",) + postprocess.METHODS
-POST_PROCESSED_MODES = ("Mono", "Refine")
 DEFAULT_SPLITS = {"kitti_stereo2015": "train"}  # split of an explicit --dataset; others: "test"
 DISPARITY_METRICS = ("epe_all", "d1_all")
 
@@ -158,105 +155,25 @@ def evaluate_prediction(outputs: dict, sample: dict, modes, opts: MetricOptions)
 # The forward pass
 # ---------------------------------------------------------------------------------------------------
 
-def predict_outputs(model: TiODepth, inputs: dict, modes, post_process: str = "none") -> dict:
-    """Depth and disparity of each path: {DEPTH_KEYS[m], DISP_KEYS[m]: (B, H, W, 1)} (traceable by jax.jit).
-
-    inputs: color_s, color_o (B, H, W, 3) in [0, 1] and direct (B,). modes run in the order given. With a
-    post-processing method the Mono/Refine paths among ``modes`` run a second time on
-    `postprocess.second_pass_image` of color_s and their depths are replaced by the post-processed ones
-    (disparities stay raw, as in the original).
-    """
-    out = model.inference(inputs, modes)
-    result = {k: out[k] for m in modes for k in (DEPTH_KEYS[m], DISP_KEYS[m])}
-    pp_modes = [m for m in modes if m in POST_PROCESSED_MODES]
-    if post_process != "none":
-        if not pp_modes:
-            raise ValueError(f"post-processing applies to the Mono and Refine paths only, not to {list(modes)}")
-        second = model.inference({"color_s": postprocess.second_pass_image(post_process, inputs["color_s"])},
-                                 pp_modes)
-        for m in pp_modes:
-            result[DEPTH_KEYS[m]] = postprocess.post_process(post_process, result[DEPTH_KEYS[m]],
-                                                             second[DEPTH_KEYS[m]])
-    return result
-
-
-class Evaluator:
-    """A model split once into graphdef / state with one jitted :func:`predict_outputs`.
+class Evaluator(Jitted):
+    """:func:`predict_outputs` of ``modes`` jitted over a model (`inference.Jitted`).
 
     ``evaluator(sample)``: an `augment.eval_sample` dict (no batch axis) -> numpy outputs of that sample,
-    each (H, W, 1). ``num_traces`` counts the input shapes compiled so far.
+    each (H, W, 1).
     """
 
     def __init__(self, model: TiODepth, modes, post_process: str = "none"):
         self.modes = tuple(modes)
-        self.post_process = post_process
-        graphdef, self.state = nnx.split(model)
-        self.num_traces = 0
-        self._forward = jax.jit(functools.partial(self._apply, graphdef))
-
-    def _apply(self, graphdef, state, inputs):
-        self.num_traces += 1  # runs once per trace, i.e. once per new input shape
-        return predict_outputs(nnx.merge(graphdef, state), inputs, self.modes, self.post_process)
+        super().__init__(model, lambda m, inputs: predict_outputs(m, inputs, self.modes, post_process))
 
     def __call__(self, sample: dict) -> dict:
         inputs = {k: np.asarray(sample[k])[None] for k in ("color_s", "color_o", "direct")}
-        return {k: v[0] for k, v in jax.device_get(self._forward(self.state, inputs)).items()}
+        return {k: v[0] for k, v in jax.device_get(super().__call__(inputs)).items()}
 
 
 # ---------------------------------------------------------------------------------------------------
-# Checkpoints and data
+# Data
 # ---------------------------------------------------------------------------------------------------
-
-def training_checkpoint(path: Path) -> tuple[Path, int | None]:
-    """(checkpoint directory, step or None for the newest) of a run workdir, checkpoint dir or step dir."""
-    if (path / "checkpoints").is_dir():
-        return path / "checkpoints", None
-    if path.name.isdigit() and (path / "state").is_dir():
-        return path.parent, int(path.name)
-    return path, None
-
-
-def load_training_checkpoint(directory: Path, step: int | None = None) -> tuple[TiODepth, int]:
-    """The model of a training checkpoint (`train.checkpointing.TrainCheckpoints` layout) and its step; the
-    model is built from the run's resolved config stored with the checkpoints.
-
-    Only the parameters and BatchNorm statistics are read (an orbax partial restore onto the abstract state
-    the trainer builds; the optimiser states stay on disk), onto the first device. The directory is opened
-    without creating or cleaning anything, so a running training is not disturbed.
-    """
-    manager = ocp.CheckpointManager(directory.absolute(), item_names=("state", "meta"),
-                                    options=ocp.CheckpointManagerOptions(create=False))
-    step = manager.latest_step() if step is None else step
-    if step is None or step not in manager.all_steps():
-        raise FileNotFoundError(f"{directory} holds no model.json and no training checkpoint"
-                                + ("" if step is None else f" of step {step}"))
-    stored = manager.metadata().custom_metadata.get("config")
-    if not stored:
-        raise ValueError(f"the training checkpoints in {directory} carry no config")
-    cfg = TrainConfig.from_dict(stored, source=f"{directory} (stored config)")
-    abstract = nnx.eval_shape(lambda: TiODepth(cfg.model, rngs=nnx.Rngs(0)))
-    graphdef, params, stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-    target = {"params": params, "batch_stats": stats}
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    restore_args = ocp.checkpoint_utils.construct_restore_args(target, jax.tree.map(lambda _: device, target))
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)))
-    manager.close()
-    return nnx.merge(graphdef, restored.state["params"], restored.state["batch_stats"]), step
-
-
-def load_checkpoint(path) -> tuple[TiODepth, dict]:
-    """A TiO-Depth model from a converted checkpoint or a training checkpoint (see the module docstring),
-    and a description of what was loaded (for the summary)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if (path / "model.json").is_file():
-        return load_model(path, kind="tiodepth"), {"checkpoint": str(path), "kind": "model"}
-    directory, step = training_checkpoint(path)
-    model, step = load_training_checkpoint(directory, step)
-    return model, {"checkpoint": str(directory), "kind": "training", "step": step}
-
 
 def record_name(record: dict, index: int) -> str:
     name = record.get("name", str(index))
@@ -277,7 +194,7 @@ def evaluate(evaluator: Evaluator, source, *, image_size, opts: MetricOptions, m
     """
     n = len(source) if max_samples is None else min(max_samples, len(source))
     if n == 0:
-        raise ValueError("the dataset split has no samples")
+        raise InputError("the dataset split has no samples")
     per_mode: dict = {m: [] for m in evaluator.modes}
     log = None
     if out_dir is not None:
@@ -293,8 +210,8 @@ def evaluate(evaluator: Evaluator, source, *, image_size, opts: MetricOptions, m
             sample = eval_sample(record, full_size=image_size)
             try:
                 metrics = evaluate_prediction(evaluator(sample), sample, evaluator.modes, opts)
-            except ValueError as e:
-                raise ValueError(f"sample {i} ({name}): {e}") from e
+            except InputError as e:
+                raise InputError(f"sample {i} ({name}): {e}") from e
             for mode, m in metrics.items():
                 per_mode[mode].append(m)
                 if log:
@@ -317,7 +234,7 @@ def evaluate(evaluator: Evaluator, source, *, image_size, opts: MetricOptions, m
 def _check_record(record: dict, name: str, opts: MetricOptions) -> None:
     for key, needed in (("depth_gt", True), ("disp_gt", opts.disparity)):
         if needed and key not in record:
-            raise ValueError(f"sample {name!r} has no {key}: "
+            raise InputError(f"sample {name!r} has no {key}: "
                              + ("not an evaluation set" if key == "depth_gt" else
                                 f"metric {opts.metric} needs the ground-truth disparity of kitti_stereo2015"))
 
@@ -340,6 +257,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="YAML config (its val section gives the defaults)")
     parser.add_argument("--checkpoint", required=True, type=Path,
                         help="converted model checkpoint, or a training run's workdir / checkpoint dir / step dir")
+    parser.add_argument("--which", default="latest", type=parse_which,
+                        help="checkpoint of a training run: latest (default), best, or a step number")
     parser.add_argument("--dataset", help="TFDS name (default val.name)")
     parser.add_argument("--data-dir", help="TFDS data directory (default val.data_dir)")
     parser.add_argument("--split", help="dataset split (default val.split; see above for --dataset)")
@@ -355,31 +274,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def resolve_settings(args: argparse.Namespace, cfg: TrainConfig) -> dict:
-    """The evaluation settings from the command line and the config's val section; ValueError if invalid."""
+    """The evaluation settings from the command line and the config's val section; InputError if invalid."""
     val = cfg.val
     modes = tuple(args.modes or val.modes)
     unknown = [m for m in modes if m not in PATHS]
     if unknown:
-        raise ValueError(f"unknown mode(s) {', '.join(unknown)}; modes are {', '.join(PATHS)}")
+        raise InputError(f"unknown mode(s) {', '.join(unknown)}; modes are {', '.join(PATHS)}")
     modes = tuple(m for m in PATHS if m in modes)
     if args.post_process not in POST_PROCESS:
-        raise ValueError(f"unknown --post-process {args.post_process!r}; known: {', '.join(POST_PROCESS)}")
+        raise InputError(f"unknown --post-process {args.post_process!r}; known: {', '.join(POST_PROCESS)}")
     if args.post_process != "none" and not any(m in POST_PROCESSED_MODES for m in modes):
-        raise ValueError(f"--post-process {args.post_process} applies to the Mono and Refine paths only; "
+        raise InputError(f"--post-process {args.post_process} applies to the Mono and Refine paths only; "
                          f"--modes {' '.join(modes)} has neither")
     if args.post_process == "mspp":
         small = postprocess.mspp_size(*val.image_size)
         if any(s % PATCH for s in small):
-            raise ValueError(f"mspp runs the second pass at 2/3 of val.image_size {list(val.image_size)}, i.e. "
+            raise InputError(f"mspp runs the second pass at 2/3 of val.image_size {list(val.image_size)}, i.e. "
                              f"{list(small)}, which is not a multiple of {PATCH}; choose another val.image_size")
     name, data_dir = cfg.val_dataset
     dataset = args.dataset or name
     if dataset == "synthetic":
-        raise ValueError("the config validates on the 'synthetic' scenes, which have no evaluation set; pass "
+        raise InputError("the config validates on the 'synthetic' scenes, which have no evaluation set; pass "
                          "--dataset (e.g. kitti_eigen_test/raw, kitti_stereo2015)")
     data_dir = args.data_dir or data_dir
     if data_dir is None:
-        raise ValueError("no data directory: pass --data-dir or set val.data_dir (or data.data_dir) to the "
+        raise InputError("no data directory: pass --data-dir or set val.data_dir (or data.data_dir) to the "
                          "directory `python -m tiodepth_jax.data.build` wrote the dataset to")
     base = dataset.split("/")[0]
     if args.dataset is None:  # the config's validation set: its split and metric
@@ -389,9 +308,13 @@ def resolve_settings(args: argparse.Namespace, cfg: TrainConfig) -> dict:
         metric = "depth_kitti_stereo2015" if base == "kitti_stereo2015" else "depth_kitti"
     max_samples = args.max_samples if args.max_samples is not None else val.max_samples
     if max_samples is not None and max_samples < 1:
-        raise ValueError(f"--max-samples must be >= 1, got {max_samples}")
-    opts = MetricOptions(metric=args.metric or metric, max_depth=val.max_depth, median_scaling=args.median_scaling,
-                         min_depth=val.min_depth if args.min_depth is None else args.min_depth)
+        raise InputError(f"--max-samples must be >= 1, got {max_samples}")
+    try:
+        opts = MetricOptions(metric=args.metric or metric, max_depth=val.max_depth,
+                             median_scaling=args.median_scaling,
+                             min_depth=val.min_depth if args.min_depth is None else args.min_depth)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     return {"dataset": dataset, "split": args.split or split, "data_dir": data_dir, "modes": modes,
             "post_process": args.post_process, "image_size": tuple(val.image_size), "max_samples": max_samples,
             "opts": opts}
@@ -401,7 +324,8 @@ def run(args: argparse.Namespace) -> dict:
     """The evaluation the command line asks for; returns the summary it writes to ``<out>/summary.json``."""
     settings = resolve_settings(args, load_config(args.config, args.overrides))
     source = open_source(settings["dataset"], settings["data_dir"], settings["split"])
-    model, loaded = load_checkpoint(args.checkpoint)
+    loaded = load(args.checkpoint, kind="tiodepth", which=args.which)
+    model = loaded.model
     opts, modes, method = settings["opts"], settings["modes"], settings["post_process"]
     pp_modes = [m for m in modes if m in POST_PROCESSED_MODES] if method != "none" else []
     print(f"{settings['dataset']} [{settings['split']}]: {len(source)} samples, input size "
@@ -412,28 +336,26 @@ def run(args: argparse.Namespace) -> dict:
     evaluator = Evaluator(model, modes, method)
     result = evaluate(evaluator, source, image_size=settings["image_size"], opts=opts,
                       max_samples=settings["max_samples"], out_dir=args.out)
-    summary = {**loaded, "dataset": settings["dataset"], "split": settings["split"],
+    summary = {**loaded.source, "dataset": settings["dataset"], "split": settings["split"],
                "data_dir": str(settings["data_dir"]), "image_size": list(settings["image_size"]), "modes": list(modes),
                **dataclasses.asdict(opts), "median_scaled": opts.scaled, "post_process": method,
-               "post_processed_modes": pp_modes, "compiled_shapes": evaluator.num_traces, **result}
+               "post_processed_modes": pp_modes, "compiled_shapes": evaluator.num_traces, "out": str(args.out),
+               **result}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        with user_errors():
-            summary = run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(lambda: show(run(parse_args(argv))))
+
+
+def show(summary: dict) -> None:
+    """The summary table and timings on the console."""
     print(format_table(summary["results"], MetricOptions(summary["metric"]).names))
     if summary["median_scaled"]:
         print("std of scale: " + ", ".join(f"{m} {r['scale_std']:.3f}" for m, r in summary["results"].items()))
     print(f"{summary['num_samples']} samples in {summary['seconds']:.1f} s "
-          f"({summary['seconds_per_sample'] * 1000:.0f} ms per sample after the first); wrote {args.out}")
-    return 0
+          f"({summary['seconds_per_sample'] * 1000:.0f} ms per sample after the first); wrote {summary['out']}")
 
 
 if __name__ == "__main__":

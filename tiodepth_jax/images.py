@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tiodepth_jax.colormap import colorize
+from tiodepth_jax.errors import InputError, InputNotFoundError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -21,20 +22,20 @@ def list_images(paths) -> list[Path]:
     """Expand files and folders (not recursively) into image files, in the order given, each folder sorted.
 
     A file is taken as given, whatever its extension; a folder contributes its files with an image
-    extension (case-insensitive). A file reached twice is listed once. Raises FileNotFoundError for a
-    path that does not exist and ValueError for a folder without images.
+    extension (case-insensitive). A file reached twice is listed once. Raises InputNotFoundError for a
+    path that does not exist and InputError for a folder without images.
     """
     images = []
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if is_image_file(f))
             if not found:
-                raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {p}")
+                raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {p}")
             images.extend(found)
         elif p.is_file():
             images.append(p)
         else:
-            raise FileNotFoundError(f"input {p} does not exist")
+            raise InputNotFoundError(f"input {p} does not exist")
     seen, unique = set(), []
     for f in images:
         if f.resolve() not in seen:
@@ -51,7 +52,7 @@ _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # the EXIF orientations that swap widt
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(H, W) of the image `read_image` returns, from the file header only (no pixel decoding).
 
-    Raises ValueError naming the file when PIL cannot identify it.
+    Raises InputError naming the file when PIL cannot identify it.
     """
     try:
         with Image.open(path) as img:
@@ -61,7 +62,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             if header_exif and img.getexif().get(_EXIF_ORIENTATION) in _TRANSPOSING_ORIENTATIONS:
                 w, h = h, w
     except _DECODE_ERRORS as e:
-        raise ValueError(f"cannot decode image {path}: {e}") from e
+        raise InputError(f"cannot decode image {path}: {e}") from e
     return h, w
 
 
@@ -70,7 +71,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
     EXIF orientation is applied (as `cv2.imread` does). 16-bit greyscale is scaled by 1/65535; every
     other mode goes through PIL's RGB conversion (alpha dropped, greyscale replicated, palettes expanded).
-    Raises ValueError naming the file when PIL cannot decode it.
+    Raises InputError naming the file when PIL cannot decode it.
     """
     try:
         with Image.open(path) as img:
@@ -80,7 +81,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
                 return np.repeat(grey[..., None], 3, axis=-1)
             return np.asarray(img.convert("RGB"), np.float32) / 255.0
     except _DECODE_ERRORS as e:
-        raise ValueError(f"cannot decode image {path}: {e}") from e
+        raise InputError(f"cannot decode image {path}: {e}") from e
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
@@ -94,15 +95,17 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
 def save_depth_outputs(out_dir: str | os.PathLike, stem: str, depth: np.ndarray, *, png: bool = True,
                        cmap: str = "spectral_r") -> list[Path]:
     """Write `<stem>.npy` (float32 (H, W)) and, with `png`, `<stem>.png` (colour-mapped, per-image
-    min/max normalised). Returns the paths written."""
+    min/max normalised). Returns the paths written; a file that cannot be written is an InputError."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     depth = np.asarray(depth, np.float32)
     if depth.ndim != 2:
         raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
-    written = [out_dir / f"{stem}.npy"]
-    np.save(written[0], depth)
-    if png:
-        written.append(out_dir / f"{stem}.png")
-        write_png(written[1], colorize(depth, cmap=cmap))
+    written = [out_dir / f"{stem}.npy"] + ([out_dir / f"{stem}.png"] if png else [])
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        np.save(written[0], depth)
+        if png:
+            write_png(written[1], colorize(depth, cmap=cmap))
+    except OSError as e:
+        raise InputError(f"cannot write {e.filename or out_dir}: {e.strerror or e}") from e
     return written

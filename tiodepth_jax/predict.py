@@ -1,4 +1,5 @@
-"""Depth maps for image files and stereo pairs with a converted checkpoint, jitted, batched, on any JAX backend.
+"""Depth maps for image files and stereo pairs with a converted model or a training run, jitted, batched, on any
+JAX backend.
 
 Usage:
   python -m tiodepth_jax.predict --checkpoint DIR --input PATH [PATH ...] --out DIR
@@ -7,7 +8,9 @@ Usage:
   python -m tiodepth_jax.predict --checkpoint DIR --left L --right R --out DIR [--mode Stereo] [...]
   python -m tiodepth_jax.predict --demo --out DIR [--input-size 518] [--batch-size 4] [--dtype ...]
 
-  --checkpoint   a directory written by `tiodepth_jax.checkpoint.save_model` (e.g. by the converters)
+  --checkpoint   a model directory written by `tiodepth_jax.checkpoint.save_model` (e.g. by the converters),
+                 or a training run (its workdir, checkpoint directory or a step directory; --which latest
+                 (default), best or a step number); a run's default size is its val.image_size
   --input        image files and/or folders (a folder's .png .jpg .jpeg .bmp .tif .tiff .webp files,
                  sorted, not recursive)
   --left/--right one stereo pair (two files) or two folders whose images are paired by file name (a
@@ -26,7 +29,8 @@ Usage:
                  The default is the model's own: --input-size 518 for Depth-Anything-V2,
                  --size 378 1260 for TiO-Depth
   --batch-size   images (pairs) per forward pass
-  --dtype        compute dtype; parameters stay float32 ("bfloat16" halves activation memory)
+  --dtype        compute dtype; parameters stay float32 ("bfloat16" halves activation memory); default: the
+                 dtype a training run used, float32 for a model directory
   --no-png       write only the .npy files
   --demo         no checkpoint, no input: a ViT-S Depth-Anything-V2 with RANDOM weights (nnx.Rngs(0))
                  runs on two generated 240x320 scenes (written to <out>/demo_inputs/), exercising the
@@ -90,7 +94,6 @@ compiles once.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import math
@@ -105,9 +108,11 @@ from flax import nnx
 from PIL import Image
 from tqdm import tqdm
 
-from tiodepth_jax.checkpoint import load_model, read_model_meta
+from tiodepth_jax.checkpoint import load, parse_which, read_model_meta
 from tiodepth_jax.colormap import colorize
+from tiodepth_jax.errors import InputError, InputNotFoundError, run_command
 from tiodepth_jax.images import image_size, list_images, read_image, save_depth_outputs, write_png
+from tiodepth_jax.inference import Jitted
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
 from tiodepth_jax.ops.resize import interpolate_bilinear
 
@@ -116,19 +121,6 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DEMO_IMAGE_HW = (240, 320)
 DEMO_NUM_IMAGES = 2
-
-
-class UserError(Exception):
-    """A problem with the command's inputs: reported as one line and exit code 2, without a traceback."""
-
-
-@contextlib.contextmanager
-def user_errors():
-    """Turn the file and checkpoint errors raised inside the block into `UserError`s."""
-    try:
-        yield
-    except (OSError, ValueError) as e:
-        raise UserError(str(e)) from e
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,31 +189,31 @@ def resize_depth(depth, size: tuple[int, int], align_corners: bool = True):
 def list_pairs(left, right) -> list[tuple[Path, Path]]:
     """Stereo pairs from two files, or from two folders matched by file name (in the left folder's order).
 
-    Raises FileNotFoundError for a missing path and ValueError for a file paired with a folder, a folder
+    Raises InputNotFoundError for a missing path and InputError for a file paired with a folder, a folder
     without images, or a name found in only one folder (naming those files).
     """
     left, right = Path(left), Path(right)
     for p in (left, right):
         if not p.exists():
-            raise FileNotFoundError(f"input {p} does not exist")
+            raise InputNotFoundError(f"input {p} does not exist")
     if left.is_dir() != right.is_dir():
-        raise ValueError(f"--left {left} and --right {right} must both be files or both be folders")
+        raise InputError(f"--left {left} and --right {right} must both be files or both be folders")
     if not left.is_dir():
         return [(left, right)]
     lefts, rights = ({f.name: f for f in list_images([d])} for d in (left, right))
     unmatched = [f for f in (*lefts.values(), *rights.values()) if f.name not in lefts or f.name not in rights]
     if unmatched:
         more = f" and {len(unmatched) - 3} more" if len(unmatched) > 3 else ""
-        raise ValueError(f"no partner of the same name in the other folder for {', '.join(map(str, unmatched[:3]))}"
+        raise InputError(f"no partner of the same name in the other folder for {', '.join(map(str, unmatched[:3]))}"
                          f"{more}")
     return [(f, rights[name]) for name, f in lefts.items()]
 
 
 def item_size(views) -> tuple[int, int]:
-    """(H, W) shared by the images of one input (one image or a pair); raises ValueError when they differ."""
+    """(H, W) shared by the images of one input (one image or a pair); raises InputError when they differ."""
     sizes = [image_size(p) for p in views]
     if len(set(sizes)) > 1:
-        raise ValueError("the images of a pair must have the same size: "
+        raise InputError("the images of a pair must have the same size: "
                          + ", ".join(f"{p} is {h}x{w}" for p, (h, w) in zip(views, sizes)))
     return sizes[0]
 
@@ -253,20 +245,20 @@ def plan_batches(sizes, input_size, batch_size: int, multiple: int = 14) -> list
 
 
 def output_stems(paths, out_dir, inputs=None) -> list[str]:
-    """The output stem of each path. Raises ValueError when two paths would write the same files
+    """The output stem of each path. Raises InputError when two paths would write the same files
     (stems compared case-insensitively, as case-insensitive file systems do) or an output would
     overwrite one of `inputs` (default: `paths`)."""
     owner: dict[str, Path] = {}
     for p in paths:
         other = owner.setdefault(p.stem.casefold(), p)
         if other is not p:
-            raise ValueError(f"inputs {other} and {p} would both write {p.stem}.npy/.png; "
+            raise InputError(f"inputs {other} and {p} would both write {p.stem}.npy/.png; "
                              "rename one or run them separately")
     inputs = {p.resolve() for p in (paths if inputs is None else inputs)}
     for p in paths:
         for out in (Path(out_dir) / f"{p.stem}.npy", Path(out_dir) / f"{p.stem}.png"):
             if out.resolve() in inputs:
-                raise ValueError(f"output {out} would overwrite an input image; choose another --out")
+                raise InputError(f"output {out} would overwrite an input image; choose another --out")
     return [p.stem for p in paths]
 
 
@@ -274,8 +266,8 @@ def output_stems(paths, out_dir, inputs=None) -> list[str]:
 # Models
 # ---------------------------------------------------------------------------------------------------
 
-class DepthPredictor:
-    """A model split once into graphdef / state, with one jitted forward; this class: Depth-Anything-V2.
+class DepthPredictor(Jitted):
+    """A model's jitted depth forward (`inference.Jitted`); this class: Depth-Anything-V2.
 
     `predictor(*views)`: `views` (B, h, w, 3) preprocessed images (one per view), h and w multiples of
     the patch size -> (B, h, w) depth. `num_traces` counts the shapes compiled so far. Subclasses set
@@ -290,21 +282,19 @@ class DepthPredictor:
 
     def __init__(self, model, mode=None):
         self.mode = self.check_mode(mode)
-        graphdef, self.state = nnx.split(model)
         self.patch_size = self.model_patch_size(model)
-        self.num_traces = 0
-        self._forward = jax.jit(functools.partial(self._apply, graphdef))
+        super().__init__(model, self.forward)
 
     @classmethod
     def check_mode(cls, mode):
-        """`mode`, or the default for None; raises ValueError for a mode this model kind does not have."""
+        """`mode`, or the default for None; raises InputError for a mode this model kind does not have."""
         if mode is None:
             return cls.modes[0]
         if mode not in cls.modes:
             if cls.modes == (None,):
-                raise ValueError(f"a {cls.kind!r} model has no mode {mode}: --mode and stereo pairs "
+                raise InputError(f"a {cls.kind!r} model has no mode {mode}: --mode and stereo pairs "
                                  "(--left/--right) need a TiO-Depth checkpoint")
-            raise ValueError(f"a {cls.kind!r} model has modes {', '.join(cls.modes)}, not {mode}")
+            raise InputError(f"a {cls.kind!r} model has modes {', '.join(cls.modes)}, not {mode}")
         return mode
 
     @property
@@ -318,17 +308,6 @@ class DepthPredictor:
 
     def forward(self, model, x):
         return model(x)
-
-    def _apply(self, graphdef, state, *views):
-        self.num_traces += 1  # runs once per trace, i.e. once per new input shape
-        return self.forward(nnx.merge(graphdef, state), *views)
-
-    def __call__(self, *views):
-        return self._forward(self.state, *views)
-
-    def lower(self, *views):
-        """The jitted forward lowered for these shapes; `.compile()` fills the cache that calls use."""
-        return self._forward.lower(self.state, *views)
 
     def save(self, out_dir, stem: str, depth: np.ndarray, png: bool) -> None:
         save_depth_outputs(out_dir, stem, depth, png=png)
@@ -364,14 +343,21 @@ class TiODepthPredictor(DepthPredictor):
 PREDICTORS = {cls.kind: cls for cls in (DepthPredictor, TiODepthPredictor)}
 
 
-def load_predictor(checkpoint, dtype=jnp.float32, mode=None):
-    """The predictor for the model kind stored at `checkpoint` (raises ValueError for other kinds and
-    for a `mode` that kind does not have)."""
-    kind = read_model_meta(checkpoint).get("kind")
+def load_predictor(checkpoint, dtype=None, mode=None, which="latest") -> DepthPredictor:
+    """The predictor of the model at `checkpoint`: a model directory or a training run (its checkpoint
+    `which`), in the compute dtype it was trained at unless `dtype` is given. A run's predictor defaults
+    to the run's validation input size. Raises InputError for a kind predict does not serve and for a
+    `mode` that kind does not have."""
+    path = Path(checkpoint)
+    kind = read_model_meta(path)["kind"] if (path / "model.json").is_file() else "tiodepth"
     if kind not in PREDICTORS:
-        raise ValueError(f"{checkpoint} holds a {kind!r} model; predict supports: {', '.join(PREDICTORS)}")
+        raise InputError(f"{checkpoint} holds a {kind!r} model; predict supports: {', '.join(PREDICTORS)}")
     PREDICTORS[kind].check_mode(mode)  # before the (slow) parameter loading
-    return PREDICTORS[kind](load_model(checkpoint, kind=kind, dtype=dtype), mode=mode)
+    loaded = load(path, kind=kind, which=which, dtype=dtype)
+    predictor = PREDICTORS[kind](loaded.model, mode=mode)
+    if loaded.eval_size is not None:
+        predictor.default_size = loaded.eval_size
+    return predictor
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -397,22 +383,19 @@ def predict_files(predictor: DepthPredictor, paths, out_dir, *, input_size=None,
     `network_input_shape`; None for the predictor's `default_size`.
     """
     items = [tuple(map(Path, p)) if isinstance(p, (tuple, list)) else (Path(p),) for p in paths]
-    with user_errors():
-        if any(len(views) != predictor.views for views in items):
-            raise ValueError(f"a {predictor.kind!r} model in mode {predictor.mode} takes "
-                             + ("stereo pairs (--left, --right)" if predictor.views == 2 else "single images"))
-        stems = output_stems([views[0] for views in items], out_dir, [p for views in items for p in views])
-        sizes = [item_size(views) for views in items]
-        batches = plan_batches(sizes, predictor.default_size if input_size is None else input_size, batch_size,
-                               predictor.patch_size)
+    if any(len(views) != predictor.views for views in items):
+        raise InputError(f"a {predictor.kind!r} model in mode {predictor.mode} takes "
+                         + ("stereo pairs (--left, --right)" if predictor.views == 2 else "single images"))
+    stems = output_stems([views[0] for views in items], out_dir, [p for views in items for p in views])
+    sizes = [item_size(views) for views in items]
+    batches = plan_batches(sizes, predictor.default_size if input_size is None else input_size, batch_size,
+                           predictor.patch_size)
     with tqdm(total=len(items), unit="pair" if predictor.views == 2 else "img", desc="depth") as bar:
         for batch in batches:
-            with user_errors():
-                inputs = [[read_image(p) for p in items[i]] for i in batch.indices]
+            inputs = [[read_image(p) for p in items[i]] for i in batch.indices]
             depths = run_batch(predictor, inputs, batch)
-            with user_errors():
-                for i, depth in zip(batch.indices, depths):
-                    predictor.save(out_dir, stems[i], depth, png)
+            for i, depth in zip(batch.indices, depths):
+                predictor.save(out_dir, stems[i], depth, png)
             bar.update(len(batch.indices))
 
 
@@ -476,7 +459,8 @@ def _size_policy(parser, values):
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tiodepth_jax.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, metavar="DIR", help="converted checkpoint directory")
+    parser.add_argument("--checkpoint", type=Path, metavar="DIR",
+                        help="converted model directory, or a training run (its workdir or checkpoint directory)")
     parser.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders")
     parser.add_argument("--left", type=Path, metavar="PATH", help="left image, or folder of left images")
     parser.add_argument("--right", type=Path, metavar="PATH", help="right image, or folder of right images")
@@ -490,7 +474,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="keep-aspect-ratio network input, both sides >= S (Depth-Anything-V2 default 518)")
     parser.add_argument("--batch-size", type=int, default=4, metavar="N",
                         help="images (pairs) per forward pass (default 4)")
-    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="compute dtype")
+    parser.add_argument("--dtype", choices=tuple(DTYPES),
+                        help="compute dtype (default: the one the model was trained at; float32 for converted models)")
+    parser.add_argument("--which", default="latest", type=parse_which,
+                        help="checkpoint of a training run: latest (default), best, or a step number")
     parser.add_argument("--no-png", action="store_true", help="write only the .npy depth maps")
     parser.add_argument("--demo", action="store_true",
                         help="random-weight ViT-S on generated images; needs no checkpoint or input")
@@ -522,33 +509,31 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    dtype = DTYPES[args.dtype]
+    return run_command(lambda: run(parse_args(argv)))
+
+
+def run(args: argparse.Namespace) -> None:
+    """The prediction the command line asks for."""
+    dtype = DTYPES[args.dtype] if args.dtype else None
     start = time.perf_counter()
-    try:
-        if args.demo:
-            print("DEMO: Depth-Anything-V2 ViT-S with RANDOM weights (nnx.Rngs(0)); the depth maps are "
-                  "meaningless, this only exercises the pipeline.")
-            predictor = demo_predictor(dtype)
-            paths = write_demo_inputs(args.out / "demo_inputs")
-        else:
-            with user_errors():
-                paths = list_pairs(args.left, args.right) if args.left else list_images(args.input)
-                predictor = load_predictor(args.checkpoint, dtype, mode=args.mode)
-        size = args.size or args.input_size or predictor.default_size
-        size_text = (f"input size {size}" if isinstance(size, int) else "size auto" if size == "auto"
-                     else f"size {size[0]}x{size[1]}")
-        mode = f", mode {predictor.mode}" if predictor.mode else ""
-        print(f"{len(paths)} {'pair' if predictor.views == 2 else 'image'}(s){mode}, {size_text}, "
-              f"batch {args.batch_size}, {args.dtype}, on {jax.default_backend()} ({jax.devices()[0].device_kind})")
-        predict_files(predictor, paths, args.out, input_size=size, batch_size=args.batch_size,
-                      png=not args.no_png)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.demo:
+        print("DEMO: Depth-Anything-V2 ViT-S with RANDOM weights (nnx.Rngs(0)); the depth maps are "
+              "meaningless, this only exercises the pipeline.")
+        predictor = demo_predictor(dtype or jnp.float32)
+        paths = write_demo_inputs(args.out / "demo_inputs")
+    else:
+        paths = list_pairs(args.left, args.right) if args.left else list_images(args.input)
+        predictor = load_predictor(args.checkpoint, dtype, mode=args.mode, which=args.which)
+    size = args.size or args.input_size or predictor.default_size
+    size_text = (f"input size {size}" if isinstance(size, int) else "size auto" if size == "auto"
+                 else f"size {size[0]}x{size[1]}")
+    mode = f", mode {predictor.mode}" if predictor.mode else ""
+    print(f"{len(paths)} {'pair' if predictor.views == 2 else 'image'}(s){mode}, {size_text}, "
+          f"batch {args.batch_size}, {args.dtype or 'the trained dtype'}, on {jax.default_backend()} "
+          f"({jax.devices()[0].device_kind})")
+    predict_files(predictor, paths, args.out, input_size=size, batch_size=args.batch_size, png=not args.no_png)
     print(f"wrote {len(paths)} depth map(s) to {args.out} in {time.perf_counter() - start:.1f} s "
           f"({predictor.num_traces} input shape(s) compiled)")
-    return 0
 
 
 if __name__ == "__main__":

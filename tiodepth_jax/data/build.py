@@ -14,6 +14,7 @@ import re
 import sys
 
 from tiodepth_jax.data import builders
+from tiodepth_jax.errors import InputError, run_command
 
 
 def _split_files(values: list[str] | None):
@@ -25,7 +26,7 @@ def _split_files(values: list[str] | None):
         return values[0]
     unnamed = [value for value, match in zip(values, named) if match is None]
     if unnamed:
-        raise ValueError(f"--split-file {unnamed[0]}: name the split (SPLIT=FILE) when giving several files")
+        raise InputError(f"--split-file {unnamed[0]}: name the split (SPLIT=FILE) when giving several files")
     return {match.group(1): match.group(2) for match in named}
 
 
@@ -48,20 +49,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        split_file = _split_files(args.split_file)
-        result = builders.build(args.name, args.root, args.data_dir, split_file=split_file, config=args.config,
-                                skip_bad=args.skip_bad, fixed_k=args.fixed_k, both_sides=args.both_sides,
-                                overwrite=args.overwrite)
-    except (ValueError, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+    return run_command(lambda: build(parse_args(argv)))
+
+
+def build(args: argparse.Namespace) -> None:
+    split_file = _split_files(args.split_file)
+    result = builders.build(args.name, args.root, args.data_dir, split_file=split_file, config=args.config,
+                            skip_bad=args.skip_bad, fixed_k=args.fixed_k, both_sides=args.both_sides,
+                            overwrite=args.overwrite)
     counts = ", ".join(f"{split} {n}" for split, n in result.num_examples.items())
     print(f"{args.name}: {counts} examples in {result.path}")
     if args.skip_bad:
         print(f"skipped {len(result.skipped)} bad entries (listed in {result.path / builders.SKIPPED_FILE})")
-    return 0
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 from tiodepth_jax.data import kitti, stereo_folder
 from tiodepth_jax.data.kitti import DataFileError
+from tiodepth_jax.errors import InputError, InputExistsError
 
 SKIPPED_FILE = "skipped.json"
 _SIDE_CAMERA = {"l": 2, "r": 3}
@@ -101,7 +102,7 @@ def _features(ground_truth: tuple[str, ...]) -> tfds.features.FeaturesDict:
 
 def _check_split_name(split: str) -> None:
     if not re.fullmatch(r"\w+", split, re.ASCII) or split.lower() == "all":
-        raise ValueError(f"invalid split name {split!r}: use letters, digits and '_' (not 'all')")
+        raise InputError(f"invalid split name {split!r}: use letters, digits and '_' (not 'all')")
 
 
 class _StereoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -152,7 +153,7 @@ class _StereoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if index == 0:
             bad = [item["file"] for item in self.skipped if item["split"] == split]
             detail = f"; skipped as bad: {', '.join(bad[:3])}" if bad else ""
-            raise ValueError(f"{self.name}: split {split!r} has no examples ({len(entries)} entries{detail})")
+            raise InputError(f"{self.name}: split {split!r} has no examples ({len(entries)} entries{detail})")
 
     def _bad(self, split: str, error: DataFileError) -> None:
         """Raise ``error``, or with skip_bad note it for skipped.json."""
@@ -359,13 +360,13 @@ def _builder_options(name: str, root: Path, *, split_file, config, fixed_k, both
         ("fixed_k", fixed_k is not None, ("kitti_raw", "kitti_eigen_test")),
         ("both_sides", both_sides, ("stereo_folder",))) if given and name not in allowed]
     if not_for:
-        raise ValueError(f"option(s) {', '.join(not_for)} do not apply to dataset {name}")
+        raise InputError(f"option(s) {', '.join(not_for)} do not apply to dataset {name}")
     if name == "stereo_folder":
         return {"with_depth": stereo_folder.has_depth(root), "both_sides": both_sides}
     options = {"split_files": _split_file_map(split_file, "test" if name == "kitti_eigen_test" else "train")}
     if name == "kitti_eigen_test":
         if config not in (None, "raw", "improved"):
-            raise ValueError(f"unknown config {config!r} of kitti_eigen_test (use raw or improved)")
+            raise InputError(f"unknown config {config!r} of kitti_eigen_test (use raw or improved)")
         options["config"] = config or "raw"
     if fixed_k is not None:
         options["fixed_k"] = fixed_k
@@ -383,10 +384,10 @@ def build(name: str, root, data_dir, *, split_file=None, config: str | None = No
     both_sides (stereo_folder): add 'r' records to the train split. skip_bad: skip entries with bad files and
     list them in skipped.json instead of failing. overwrite: rebuild a dataset that already exists (else
     FileExistsError). progress: a progress bar per split (TFDS's own bars are turned off).
-    Options that do not apply to ``name`` raise ValueError.
+    Options that do not apply to ``name`` raise InputError.
     """
     if name not in BUILDERS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(BUILDERS)}")
+        raise InputError(f"unknown dataset {name!r}; choose one of {', '.join(BUILDERS)}")
     root = Path(root)
     if not root.is_dir():
         raise DataFileError(root, "dataset root is not a directory")
@@ -395,7 +396,7 @@ def build(name: str, root, data_dir, *, split_file=None, config: str | None = No
     builder = BUILDERS[name](data_dir=str(data_dir), file_format="array_record", skip_bad=skip_bad,
                              progress=progress, **options)
     if (builder.data_path / "dataset_info.json").exists() and not overwrite:
-        raise FileExistsError(f"{builder.data_dir}: dataset already built (overwrite=True / --overwrite rebuilds it)")
+        raise InputExistsError(f"{builder.data_dir}: dataset already built (overwrite=True / --overwrite rebuilds it)")
     tfds.disable_progress_bar()
     download_config = tfds.download.DownloadConfig(manual_dir=str(root))
     if overwrite:

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tiodepth_jax.data import kitti
+from tiodepth_jax.errors import InputError, run_command
 
 KINDS = ("raw", "improved")
 
@@ -29,7 +30,7 @@ def load_gt_depth(root, line: kitti.SplitLine, kind: str) -> np.ndarray:
                                         vel_depth=True)
     if kind == "improved":
         return kitti.read_depth_png(kitti.improved_gt_path(root, line))
-    raise ValueError(f"unknown ground-truth kind {kind!r}; expected one of {KINDS}")
+    raise InputError(f"unknown ground-truth kind {kind!r}; expected one of {KINDS}")
 
 
 def export_gt_depths(root, split, kind: str, out=None) -> Path:
@@ -52,13 +53,7 @@ def main(argv=None) -> int:
     parser.add_argument("--kind", required=True, choices=KINDS, help="velodyne (raw) or KITTI depth (improved) GT")
     parser.add_argument("--out", type=Path, help="output npz (default <root>/gt_depths_<kind>.npz)")
     args = parser.parse_args(argv)
-    try:
-        out = export_gt_depths(args.root, args.split, args.kind, args.out)
-    except kitti.DataFileError as err:
-        print(f"export_gt: error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+    return run_command(lambda: print(f"wrote {export_gt_depths(args.root, args.split, args.kind, args.out)}"))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tiodepth_jax.errors import InputError
 
 KITTI_K = np.array([[721.54, 0.0, 609.56], [0.0, 721.54, 172.85], [0.0, 0.0, 1.0]])  # fixed K (spec §7.3)
 KITTI_BASELINE = 0.54  # metres
@@ -31,7 +32,7 @@ _CAM_TO_CAM, _VELO_TO_CAM = "calib_cam_to_cam.txt", "calib_velo_to_cam.txt"
 _SIDE_CAMERA = {"l": 2, "r": 3}
 
 
-class DataFileError(ValueError):
+class DataFileError(InputError):
     """A dataset file is missing or unreadable; ``path`` is the file, ``reason`` what is wrong with it."""
 
     def __init__(self, path, reason: str):
@@ -168,7 +169,7 @@ def intrinsics_and_baseline(root, line: SplitLine, raw_size: tuple[int, int],
         return KITTI_K.copy(), KITTI_BASELINE
     width = int(raw_size[1])
     if width not in WIDTH_TO_BASELINE:
-        raise ValueError(f"no baseline for raw image width {width} ({line}); the table knows widths "
+        raise InputError(f"no baseline for raw image width {width} ({line}); the table knows widths "
                          f"{sorted(WIDTH_TO_BASELINE)}")
     path = calib_dir(root, line) / _CAM_TO_CAM
     projection = _calib_entry(read_calib_file(path), f"P_rect_0{_camera(line)}", (3, 4), path)

@@ -25,11 +25,12 @@ import grain
 import numpy as np
 
 from tiodepth_jax.data import augment, synthetic
+from tiodepth_jax.errors import InputError, InputNotFoundError
 
 TRAIN_KEYS = ("color_s", "color_o", "color_s_aug", "color_o_aug", "K", "inv_K", "T", "direct")
 
 
-class DatasetNotBuiltError(FileNotFoundError):
+class DatasetNotBuiltError(InputNotFoundError):
     """A TFDS dataset is missing from its data directory."""
 
 
@@ -75,14 +76,14 @@ class SyntheticSamples:
 
     def __init__(self, scenes: synthetic.SyntheticStereo, *, crop_size, flip_mode="img", color_aug_prob=0.5):
         if flip_mode == "k":
-            raise ValueError("data.flip_mode 'k' is not available for the synthetic dataset; use 'img' or 'none'")
+            raise InputError("data.flip_mode 'k' is not available for the synthetic dataset; use 'img' or 'none'")
         self.scenes = scenes
         self.crop_size = tuple(crop_size)
         self.flip_prob = 0.5 if flip_mode == "img" else 0.0
         self.color_aug_prob = color_aug_prob
         full = (scenes.cfg.height, scenes.cfg.width)
         if self.crop_size[0] > full[0] or self.crop_size[1] > full[1]:
-            raise ValueError(f"crop size {self.crop_size} is larger than the synthetic image size {full}")
+            raise InputError(f"crop size {self.crop_size} is larger than the synthetic image size {full}")
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -102,10 +103,6 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = 
     return order[: n // batch_size * batch_size]
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return n // batch_size
-
-
 def load_batch(samples, order: np.ndarray, step: int, *, batch_size: int, seed: int, epoch: int,
                process_index: int = 0, process_count: int = 1) -> dict:
     """This process's share of global batch ``step``: dict of float32 arrays with a leading batch axis."""
@@ -121,11 +118,11 @@ def epoch_batches(samples, *, batch_size: int, seed: int, epoch: int, shuffle: b
     ``iter(...)`` gives an iterator with ``get_state()`` / ``set_state(state)``.
     """
     if batch_size % process_count:
-        raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} processes")
+        raise InputError(f"batch_size {batch_size} is not divisible by the {process_count} processes")
     order = epoch_order(len(samples), batch_size, seed, epoch, shuffle)
     n_steps = len(order) // batch_size
     if n_steps == 0:
-        raise ValueError(f"the dataset has {len(samples)} samples, fewer than batch_size {batch_size}")
+        raise InputError(f"the dataset has {len(samples)} samples, fewer than batch_size {batch_size}")
     batches = grain.MapDataset.range(n_steps).map(
         lambda step: load_batch(samples, order, step, batch_size=batch_size, seed=seed, epoch=epoch,
                                 process_index=process_index, process_count=process_count))

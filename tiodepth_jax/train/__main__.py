@@ -14,34 +14,34 @@ import sys
 
 import jax
 
-from tiodepth_jax.config import ConfigError, load_config
+from tiodepth_jax.config import load_config
+from tiodepth_jax.errors import run_command, setup_logging
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m tiodepth_jax.train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the workdir")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=2e-4 batch_size=4")
-    args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return ap.parse_args(argv)
+
+
+def train(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, args.overrides)
     distributed = cfg.mesh.distributed
     if distributed is True or (distributed == "auto" and os.environ.get("JAX_COORDINATOR_ADDRESS")):
         jax.distributed.initialize()
+    setup_logging(jax.process_index())
     from tiodepth_jax.train.loop import Trainer  # after distributed initialisation
 
     trainer = Trainer(cfg)
     (trainer.workdir / "config.yaml").write_text(cfg.to_yaml())
-    try:
-        trainer.run(resume=args.resume)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    trainer.run(resume=args.resume)
+
+
+def main(argv=None) -> int:
+    return run_command(lambda: train(parse_args(argv)))
 
 
 if __name__ == "__main__":

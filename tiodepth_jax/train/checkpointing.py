@@ -3,8 +3,9 @@
 A checkpoint holds the whole train state (parameters, BatchNorm statistics, the three Adam states) as
 orbax arrays and, as JSON, where the run is: epoch, global step, data-iterator position, RNG seed and the
 resolved config. Saves are asynchronous and atomic (a crash mid-save leaves the previous checkpoint);
-the last N are kept, plus the best by a validation metric when asked. Restoring takes the shardings of
-the current mesh, so a checkpoint written on one mesh restores on another.
+the last N are kept, plus the best by the validation score (`checkpoint.BEST_KEY`, lower is better) when
+asked. Restoring takes the shardings of the current mesh, so a checkpoint written on one mesh restores on
+another. `tiodepth_jax.checkpoint.load` reads a model back from these checkpoints.
 """
 
 from __future__ import annotations
@@ -15,28 +16,31 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from tiodepth_jax.checkpoint import BEST_KEY, RUN_ITEMS, best_score
+
 
 class TrainCheckpoints:
-    def __init__(self, directory: str | Path, *, keep: int = 2, best_metric: str | None = None,
-                 best_mode: str = "min", async_save: bool = True, config: dict | None = None):
+    def __init__(self, directory: str | Path, *, keep: int = 2, keep_best: bool = False, async_save: bool = True,
+                 config: dict | None = None):
         policies = [pp.LatestN(keep)]
-        if best_metric:
-            policies.append(pp.BestN(get_metric_fn=lambda m: m[best_metric], reverse=best_mode == "min", n=1,
+        if keep_best:
+            policies.append(pp.BestN(get_metric_fn=best_score, reverse=True, n=1,
                                      keep_checkpoints_without_metrics=False))
         self.manager = ocp.CheckpointManager(
             Path(directory).absolute(),
+            # best_fn makes orbax write each checkpoint's metrics to disk (without it they live only in this
+            # process, and a resumed run's BestN policy would see none)
             options=ocp.CheckpointManagerOptions(preservation_policy=pp.AnyPreservationPolicy(policies),
+                                                 best_fn=best_score, best_mode="min",
                                                  enable_async_checkpointing=async_save,
                                                  cleanup_tmp_directories=True),
-            item_names=("state", "meta"),
+            item_names=RUN_ITEMS,
             metadata={"config": config or {}})
-        self.best_metric = best_metric
 
     def save(self, step: int, state, meta: dict, metrics: dict | None = None) -> None:
         """Start writing `state` and `meta` (epoch, iterator position, ...) for `step` (asynchronous)."""
+        # a checkpoint without the score ranks last (`best_score` +inf): kept only as one of the last N
         metrics = {k: float(v) for k, v in (metrics or {}).items()}
-        if self.best_metric and self.best_metric not in metrics:
-            metrics = None  # a checkpoint without the metric is kept only as one of the last N
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)), metrics=metrics)
 
@@ -52,9 +56,6 @@ class TrainCheckpoints:
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                                       meta=ocp.args.JsonRestore()))
         return restored.state, restored.meta
-
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -13,6 +13,7 @@ step's losses are appended to <workdir>/losses.jsonl (rewound to the checkpoint 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -23,25 +24,29 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from tiodepth_jax.checkpoint import load_model
+from tiodepth_jax.checkpoint import BEST_KEY, load_model
 from tiodepth_jax.colormap import colorize
 from tiodepth_jax.config import ConfigError, TrainConfig
 from tiodepth_jax.data.augment import eval_sample
 from tiodepth_jax.data.pipeline import RecordSamples, SyntheticSamples, epoch_batches, open_source
 from tiodepth_jax.data.synthetic import SceneConfig, SyntheticStereo
-from tiodepth_jax.evaluate import DEPTH_KEYS, MetricOptions, evaluate_prediction, predict_outputs
+from tiodepth_jax.errors import InputError, InputExistsError, InputNotFoundError
+from tiodepth_jax.evaluate import MetricOptions, evaluate_prediction
+from tiodepth_jax.inference import DEPTH_KEYS, Jitted, predict_outputs
 from tiodepth_jax.losses import TRAINING_LOSSES, terms_from_config
 from tiodepth_jax.metrics import depth_metrics, mean_metrics
 from tiodepth_jax.models.tiodepth import TiODepth
 from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
 from tiodepth_jax.train.checkpointing import TrainCheckpoints
-from tiodepth_jax.train.optim import GroupSpec, adam
+from tiodepth_jax.train.optim import active_groups, lr_factors, optimizer
 from tiodepth_jax.train.sharding import batch_sharding, make_mesh, replicated, state_shardings
-from tiodepth_jax.train.step import active_groups, init_state, lr_factors, make_step
+from tiodepth_jax.train.step import init_state, make_step
 from tiodepth_jax.train.summary import SummaryWriter
 
 LOWER_IS_BETTER = {"abs_rel": 1, "sq_rel": 1, "rmse": 1, "rmse_log": 1, "a1": -1, "a2": -1, "a3": -1}
+SIGNS = {**LOWER_IS_BETTER, "epe_all": 1, "d1_all": 1}  # +1: lower is better, -1: higher is better
 VAL_SEED_OFFSET = 1_000_000  # validation scenes never coincide with training scenes
+log = logging.getLogger(__name__)
 
 
 def train_samples(cfg: TrainConfig):
@@ -102,23 +107,29 @@ def to_global(batch: dict, sharding) -> dict:
 
 
 class Trainer:
+    """A training run of `cfg`. Everything that can fail on the user's input (data, checkpoints to start
+    from, mesh) is checked before anything is written: a failing `Trainer(cfg)` leaves no workdir behind."""
+
     def __init__(self, cfg: TrainConfig, mesh=None):
         self.cfg = cfg
         self.mesh = mesh or make_mesh(*cfg.mesh.shape(jax.device_count()))
-        self.workdir = Path(cfg.workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.groups = tuple(GroupSpec(**cfg.optim.group_kwargs(name)) for name, _ in cfg.optim.groups)
+        self.groups = cfg.optim.groups
         self.frozen = cfg.model.frozen
-        self.tx = adam(*cfg.optim.betas, cfg.optim.eps)
+        self.tx = optimizer(cfg.optim)
         self.loss_terms = ({g: terms_from_config(t) for g, t in cfg.losses.items()} if cfg.losses
                            else TRAINING_LOSSES)
         self.train_ds, self.val_ds = train_samples(cfg), val_set(cfg) if cfg.val.every_n_epochs else None
+        if len(self.train_ds) < cfg.batch_size:
+            raise InputError(f"the training set has {len(self.train_ds)} samples, fewer than batch_size "
+                             f"{cfg.batch_size}")
         self.batch_sharding = batch_sharding(self.mesh)
         self._build_state()
         self._steps: dict = {}
-        self._eval = None
+        self._forward = None  # the jitted evaluation forward (validation and image summaries)
+        self.workdir = Path(cfg.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = TrainCheckpoints(cfg.checkpoint_dir, keep=cfg.checkpoint.keep or 1_000_000,
-                                            best_metric="val_score" if cfg.checkpoint.keep_best else None,
+                                            keep_best=cfg.checkpoint.keep_best,
                                             async_save=cfg.checkpoint.async_save, config=cfg.to_dict())
         self.writer = SummaryWriter(cfg.log_dir, enabled=cfg.logging.tensorboard and jax.process_index() == 0)
         self.val_reference: dict | None = None
@@ -143,7 +154,7 @@ class Trainer:
         if cfg.vgg_from:
             vgg = load_model(cfg.vgg_from, kind="vgg19_features", dtype=cfg.compute_dtype)
         else:
-            print("warning: vgg_from is not set; the perceptual loss uses a randomly initialised VGG19")
+            log.warning("warning: vgg_from is not set; the perceptual loss uses a randomly initialised VGG19")
             vgg = jax.jit(lambda: nnx.split(VGG19Features(VGG19Config(), dtype=cfg.compute_dtype,
                                                           rngs=nnx.Rngs(cfg.seed + 1))))()
             vgg = nnx.merge(*vgg)
@@ -155,17 +166,17 @@ class Trainer:
         dav2 = load_model(path, kind="depth_anything_v2")
         want = self.cfg.model.encoder_config()
         if (dav2.cfg.variant, dav2.cfg.dinov2.depth) != (want.variant, want.dinov2.depth):
-            raise ValueError(f"init_from {path}: a {dav2.cfg.variant} model with {dav2.cfg.dinov2.depth} blocks, "
+            raise InputError(f"init_from {path}: a {dav2.cfg.variant} model with {dav2.cfg.dinov2.depth} blocks, "
                              f"but model.variant is {want.variant} with {want.dinov2.depth} blocks")
         source = {tuple(k): v for k, v in nnx.to_flat_state(nnx.state(dav2, nnx.Param))}
         flat = dict(nnx.to_flat_state(params))
         missing = [k for k in flat if k[0] == "encoder" and k[1:] not in source]
         if missing:
-            raise ValueError(f"init_from {path}: no tensor for {['.'.join(map(str, m)) for m in missing[:5]]}")
+            raise InputError(f"init_from {path}: no tensor for {['.'.join(map(str, m)) for m in missing[:5]]}")
         for k, v in flat.items():
             if k[0] == "encoder":
                 v[...] = jax.device_put(jnp.asarray(source[k[1:]][...]), v[...].sharding)
-        print(f"encoder initialised from {path}")
+        log.info(f"encoder initialised from {path}")
         return nnx.from_flat_state(flat)
 
     def step_fn(self, active: tuple[str, ...]):
@@ -193,11 +204,11 @@ class Trainer:
             epoch, start_step, global_step = meta["epoch"], meta["step_in_epoch"], meta["global_step"]
             data_state = meta.get("data_iterator")
             self.val_reference = meta.get("val_reference")
-            print(f"resumed from {cfg.checkpoint_dir} step {latest}: epoch {epoch}, batch {start_step}")
+            log.info(f"resumed from {cfg.checkpoint_dir} step {latest}: epoch {epoch}, batch {start_step}")
         elif resume:
-            raise FileNotFoundError(f"--resume: no checkpoint in {cfg.checkpoint_dir}")
+            raise InputNotFoundError(f"--resume: no checkpoint in {cfg.checkpoint_dir}")
         elif latest is not None:
-            raise FileExistsError(f"{cfg.checkpoint_dir} already holds checkpoints; pass --resume to continue "
+            raise InputExistsError(f"{cfg.checkpoint_dir} already holds checkpoints; pass --resume to continue "
                                   "that run or choose another workdir")
         self._rewind_loss_log(global_step)
         last_val = {}
@@ -226,6 +237,8 @@ class Trainer:
                 ips = cfg.batch_size / (time.perf_counter() - t0)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{ips:.2f}")
                 self._log_step(global_step, epoch, metrics, ips, factors)
+                if cfg.logging.image_every_n_steps and global_step % cfg.logging.image_every_n_steps == 0:
+                    self._log_images(global_step, batch)
                 if cfg.checkpoint.every_n_steps and global_step % cfg.checkpoint.every_n_steps == 0:
                     self._save(epoch, i + 1, global_step, metrics, data.get_state())
             start_step = 0
@@ -242,7 +255,7 @@ class Trainer:
         """Checkpoint the state; ``data_state`` is the epoch's grain iterator state (None at an epoch boundary)."""
         meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "seed": self.cfg.seed,
                 "data_iterator": data_state, "val_reference": self.val_reference}
-        self.checkpoints.save(global_step, self.state, meta, {k: v for k, v in metrics.items() if k == "val_score"})
+        self.checkpoints.save(global_step, self.state, meta, {k: v for k, v in metrics.items() if k == BEST_KEY})
 
     # ----- logs ------------------------------------------------------------------------------------------
 
@@ -266,28 +279,47 @@ class Trainer:
             os.fsync(f.fileno())
         if self.cfg.logging.every_n_steps and global_step % self.cfg.logging.every_n_steps == 0:
             self.writer.scalars({f"train/{k}": v for k, v in metrics.items()}, global_step)
-            self.writer.scalars({f"lr/{g.name}": g.lr * float(factors[g.name]) for g in self.groups}, global_step)
+            self.writer.scalars({f"lr/{name}": g.lr * float(factors[name]) for name, g in self.groups}, global_step)
             self.writer.scalar("train/images_per_second", ips, global_step)
 
     # ----- validation ------------------------------------------------------------------------------------
 
+    def forward(self) -> Jitted:
+        """The jitted evaluation forward of ``val.modes`` on the current parameters."""
+        if self._forward is None:
+            self._forward = Jitted(self.model(), lambda m, b: predict_outputs(m, b, self.cfg.val.modes))
+        else:
+            self._forward.set_model(self.model())
+        return self._forward
+
+    def _log_images(self, global_step: int, batch: dict):
+        """Image summaries of the first training sample: its target view and each path's inverse depth."""
+        first = {k: batch[k][:1] for k in ("color_s", "color_o", "direct")}
+        out = jax.device_get(self.forward()(first))
+        if jax.process_index() != 0:
+            return
+        self.writer.image("train/color_s", np.asarray(np.clip(jax.device_get(first["color_s"])[0], 0, 1) * 255,
+                                                      np.uint8), global_step)
+        for mode in self.cfg.val.modes:
+            self.writer.image(f"train/{mode}/inverse_depth", colorize(1 / out[DEPTH_KEYS[mode]][0, ..., 0]),
+                              global_step)
+
     def validate(self, epoch: int, global_step: int) -> dict:
-        """Depth metrics of every validated path against the ground truth; returns {'val/<path>/<metric>'}.
+        """Depth metrics of every validated path against the ground truth; returns {'val/<path>/<metric>'} and
+        the checkpoint ranking score under `checkpoint.BEST_KEY`.
 
         Generated scenes are scored on every pixel with GT in (min_depth, ...); TFDS sets with `val.metric`
         (spec §8.1 / §8.2, as `python -m tiodepth_jax.evaluate`).
         """
         cfg = self.cfg
         modes = cfg.val.modes
-        if self._eval is None:
-            self._eval = nnx.jit(lambda m, b: predict_outputs(m, b, modes))
+        forward = self.forward()
         synthetic = isinstance(self.val_ds, SyntheticStereo)
         opts = MetricOptions(metric=cfg.val.metric, min_depth=cfg.val.min_depth, max_depth=cfg.val.max_depth)
-        model = self.model()
         per_mode: dict = {mode: [] for mode in modes}
         first = None
         for inputs, gts in val_batches(cfg, self.val_ds):
-            out = jax.device_get(self._eval(model, {k: jnp.asarray(v) for k, v in inputs.items()}))
+            out = jax.device_get(forward({k: jnp.asarray(v) for k, v in inputs.items()}))
             for i, gt in enumerate(gts):
                 if synthetic:
                     scores = {mode: depth_metrics(out[DEPTH_KEYS[mode]][i, ..., 0], gt["depth_gt"],
@@ -299,7 +331,7 @@ class Trainer:
                     per_mode[mode].append(scores[mode])
             first = first or (out, gts[0])
         result = {f"val/{mode}/{k}": v for mode, ms in per_mode.items() for k, v in mean_metrics(ms).items()}
-        result["val_score"] = self._score(result)
+        result[BEST_KEY] = self._score(result)
         if jax.process_index() == 0:
             self.writer.scalars(result, global_step)
             out, gt = first
@@ -310,13 +342,17 @@ class Trainer:
                               global_step)
             table = "  ".join(f"{mode}: AbsRel {result[f'val/{mode}/abs_rel']:.4f} RMSE {result[f'val/{mode}/rmse']:.3f}"
                               f" A1 {result[f'val/{mode}/a1']:.3f}" for mode in modes)
-            print(f"validation after epoch {epoch}: {table}")
+            log.info(f"validation after epoch {epoch}: {table}")
         return result
 
     def _score(self, result: dict) -> float:
-        """The original's "best" rule: the mean relative change of the 7 depth metrics of the last validated
-        path against the first validation (lower is better; signs per metric)."""
-        mode = self.cfg.val.modes[-1]
+        """The checkpoint ranking score of a validation, lower is better, of the last validated path:
+        `checkpoint.best_metric` 'mean_rel' is the original's "best" rule, the mean relative change of the 7
+        depth metrics against the first validation (signs per metric); any other name is that metric,
+        negated where higher is better (a1, a2, a3)."""
+        mode, metric = self.cfg.val.modes[-1], self.cfg.checkpoint.best_metric
+        if metric != "mean_rel":
+            return SIGNS[metric] * float(result[f"val/{mode}/{metric}"])
         now = {k: result[f"val/{mode}/{k}"] for k in LOWER_IS_BETTER}
         if self.val_reference is None:
             self.val_reference = now
