@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from convert.tiodepth import convert_state_dict
+from convert.tiodepth import convert_state_dict, infer_config
 from convert.vgg19 import convert_vgg19_features
 from tests.parity import Comparison, FixtureSet, failures_table, nchw
 from tiodepth_jax.models import stages
@@ -22,24 +22,36 @@ from tiodepth_jax.models.tiodepth import TiODepthConfig
 # The original's names for a path's final outputs -> ours.
 FINAL = {"depth,s": "depth", "disp,s": "disp", "rawdepth": "depth", "rawdisp": "disp", "sdepth": "depth",
          "sdisp": "disp", "refdepth": "depth", "refdisp": "disp"}
-# Decided by float rounding on image rows 0 and H-1 (fixtures README): compared without those rows.
+# Decided by float rounding on image rows 0 and H-1 (fixtures README): compared without those rows (the
+# second-to-last axis of the NCHW maps, whatever H is).
 EDGE_ROWS = ("edge_mask_s", "inv_edge_mask_s", "invalid_mask_s", "fused_occ_color_s")
-# 0/1 maps thresholding continuous values: a few pixels may flip (fixtures README: about 0.1 %).
+# 0/1 maps thresholding continuous values: a few pixels may flip (fixtures README: about 0.1 %), counted on the
+# stored elements (all of them, or the samples of a sampled map).
 THRESHOLD_MASKS = ("mono_occ_mask_s", "fuse_occ_mask_s")
 MAX_FLIPS = 1e-3
+# Those thresholds (and the stage-3 plane-mask override, occlusion < 0.8) may flip where the occlusion value lies
+# within this of 0.8: on tio_dinov2b our stage-2 disparities move it by at most 2.7e-3 from the reference's, and
+# ~4 % of the pixels lie within 2e-2 of 0.8. Where a reference mask is stored only sampled, tests exclude those
+# pixels instead of the (unknown) flips, and check on the stored samples that every flip lies among them.
+OCC_MARGIN = 2e-2
 _MODELS: dict = {}
 _TRAIN: dict = {}
+
+
+def config_for(fs: FixtureSet, sd: dict | None = None) -> TiODepthConfig:
+    """The set's model config: `model_params` of its yaml, the encoder variant and depth read off the weights."""
+    mp = fs.meta["config"]["model_params"]
+    return infer_config(fs.state_dict() if sd is None else sd, image_size=tuple(mp["image_size"]),
+                        min_disp=mp["min_disp"], max_disp=mp["max_disp"], d2d=mp["d2d"], n_bins=mp["out_ch"],
+                        decoder_channels=tuple(mp["decoder_ch_num"]), decoder_name=mp["decoder_name"],
+                        train_side=mp["set_train_side"])
 
 
 def model_for(fs: FixtureSet):
     """The converted model, built once per fixture set."""
     if fs.name not in _MODELS:
-        mp = fs.meta["config"]["model_params"]
-        cfg = TiODepthConfig(variant="vitb", image_size=tuple(mp["image_size"]), min_disp=mp["min_disp"],
-                             max_disp=mp["max_disp"], d2d=mp["d2d"], n_bins=mp["out_ch"],
-                             decoder_channels=tuple(mp["decoder_ch_num"]), decoder_name=mp["decoder_name"],
-                             train_side=mp["set_train_side"])
-        model, report = convert_state_dict(fs.state_dict(), cfg)
+        sd = fs.state_dict()
+        model, report = convert_state_dict(sd, config_for(fs, sd))
         assert not report.missing and not report.unexpected, report.summary()
         _MODELS[fs.name] = model
     return _MODELS[fs.name]
@@ -76,8 +88,8 @@ def compare_all(fs: FixtureSet, prefix: str, ours: dict) -> None:
 def compare_one(fs: FixtureSet, name: str, ours: np.ndarray):
     key = name.split("/")[-1]
     if key in THRESHOLD_MASKS:
-        flips = float(np.mean(ours != fs.whole(name)))
-        return Comparison(name, flips, MAX_FLIPS, f"flipped fraction {flips:.2e}")
+        frac, flips, n = fs.flip_fraction(name, ours)
+        return Comparison(name, frac, MAX_FLIPS, f"flipped {flips}/{n} stored elements ({fs.storage(name)})")
     if key in EDGE_ROWS:
         keep = np.zeros(ours.shape, bool)
         keep[..., 1:-1, :] = True
@@ -135,8 +147,7 @@ def train_outputs(fs: FixtureSet) -> dict:
     """{'stage1'|'stage2'|'stage3': outputs}: the three stages in order on the stored training batch, each
     seeing the initial weights (as the fixture's no-step forward does)."""
     if fs.name not in _TRAIN:
-        size = next(s for s in fs.meta["inputs"] if f"in/{s}/color_s_aug" in fs.entries)  # the training batch
-        batch = inputs(fs, size)
+        batch = inputs(fs, fs.train_size())
         vgg, report = convert_vgg19_features(fs.state_dict("vgg"))
         assert not report.missing and not report.unexpected
         model = nnx.clone(model_for(fs))  # training mode updates BatchNorm statistics in place

@@ -33,8 +33,10 @@ def test_shapes_and_pyramid():
     pyramid = model.depth_head.pyramid(tokens, model.grid(x))
     # 1/3.5, 1/7, 1/14 and 1/28 of the input (6x20 patch grid).
     assert [p.shape for p in pyramid] == [(2, 24, 80, 16), (2, 12, 40, 16), (2, 6, 20, 16), (2, 3, 10, 16)]
+    # eager against jitted: the same float32 function, summed in another order (values of order 1; up to
+    # 1.3e-6 apart on AVX2-only CPUs)
     for k, p in enumerate(pyramid, 1):
-        np.testing.assert_allclose(p, out[f"scratch.layer{k}_rn"], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(p, out[f"scratch.layer{k}_rn"], rtol=1e-5, atol=1e-5)
 
 
 def test_intermediate_layers_are_normed_taps():

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 
 from tests import parity_dav2, parity_tio
-from tests.parity import FIXTURES_DIR, FixtureSet, discover
+from tests.parity import DAV2_FAMILY, FIXTURES_DIR, TIO_FAMILY, FixtureSet, load_sets
 
 FAMILIES = {  # family name prefix -> runner module with cases(fs) and check(fs, case)
-    "Depth-Anything-V2": parity_dav2,
-    "TiO-Depth": parity_tio,
+    DAV2_FAMILY: parity_dav2,
+    TIO_FAMILY: parity_tio,
 }
 
 
@@ -22,13 +22,12 @@ def runner(fs: FixtureSet):
 
 
 def _params():
-    sets = discover()
+    sets = load_sets()
     if not sets:
         return [pytest.param(None, None, marks=pytest.mark.skip(
             reason=f"fixture directory {FIXTURES_DIR} not found or empty (set TIODEPTH_FIXTURES)"))]
     params = []
-    for meta_path in sets:
-        fs = FixtureSet(meta_path)
+    for fs in sets:
         if runner(fs) is None:
             params.append(pytest.param(fs, None, id=fs.name, marks=pytest.mark.skip(
                 reason=f"fixture set {fs.name}: model family {fs.family!r} is not supported by this suite yet")))

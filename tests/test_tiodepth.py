@@ -15,24 +15,17 @@ from flax import nnx
 
 from convert.common import ConversionError
 from convert.tiodepth import encoder_from_depth_anything_v2
-from tests.parity import FixtureSet, discover, nchw
+from tests.parity import FixtureSet, dav2_params, nchw
 from tiodepth_jax.models.decoder import DPDecoder
 from tiodepth_jax.models.encoder import NORMALISATIONS
 from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
-
-
-def dav2_sets():
-    sets = [FixtureSet(p) for p in discover()]
-    sets = [fs for fs in sets if fs.family == "Depth-Anything-V2"]
-    return sets or [pytest.param(None, marks=pytest.mark.skip(reason="no Depth-Anything-V2 fixture sets found "
-                                                                     "(set TIODEPTH_FIXTURES)"))]
 
 
 def smallest_input(fs: FixtureSet) -> str:
     return min((n for n in fs.names() if n.endswith("/input")), key=lambda n: np.prod(fs.entries[n]["shape"]))
 
 
-@pytest.mark.parametrize("fs", dav2_sets(), ids=lambda fs: getattr(fs, "name", "none"))
+@pytest.mark.parametrize("fs", dav2_params())
 def test_every_variant_end_to_end(fs: FixtureSet):
     cfg_json = fs.meta["config"]
     name = smallest_input(fs)
@@ -71,9 +64,19 @@ def test_every_variant_end_to_end(fs: FixtureSet):
     assert [f.shape[-1] for f in out["enc_feats_s_wog"]] == [cfg.encoder_config().dpt.features] * 4
 
 
-def test_encoder_checkpoint_must_match_the_config():
-    fs = next((FixtureSet(p) for p in discover() if FixtureSet(p).name == "dav2_vits"), None)
-    if fs is None:
-        pytest.skip("dav2_vits fixture set not found (set TIODEPTH_FIXTURES)")
-    with pytest.raises(ConversionError, match="vits model with 12 blocks; the config needs vitb"):
-        encoder_from_depth_anything_v2(fs.state_dict(), TiODepthConfig(variant="vitb"))
+@pytest.mark.parametrize("fs", dav2_params())
+def test_encoder_checkpoint_must_match_the_config(fs: FixtureSet):
+    """A set's weights in a config of another variant (or another depth) are refused, naming both."""
+    cfg_json = fs.meta["config"]
+    variant, depth = cfg_json["constructor_args"]["encoder"], cfg_json["dinov2"]["depth"]
+    taps = tuple(cfg_json["intermediate_layer_idx"])
+    other = "vitb" if variant != "vitb" else "vits"
+    with pytest.raises(ConversionError, match=f"{variant} model with {depth} blocks; the config needs {other}"):
+        encoder_from_depth_anything_v2(fs.state_dict(), TiODepthConfig(variant=other, encoder_depth=depth,
+                                                                       encoder_taps=taps))
+    # the right variant with another depth
+    wrong_depth = depth + 1
+    with pytest.raises(ConversionError, match=f"{variant} model with {depth} blocks; the config needs {variant} "
+                                              f"with {wrong_depth}"):
+        encoder_from_depth_anything_v2(fs.state_dict(), TiODepthConfig(
+            variant=variant, encoder_depth=wrong_depth, encoder_taps=tuple(t for t in taps if t < wrong_depth)))

@@ -1,48 +1,79 @@
-"""One real TiO-Depth training iteration against the PyTorch fixture (`step/*` of tio_dinov2b).
+"""One real TiO-Depth training iteration against the PyTorch fixtures (`step/*` of every TiO-Depth set).
 
 The model and VGG come from the recipe through the converters; the step is the jitted sequential
-iteration of `tiodepth_jax.train.step` at epoch 31 (all three groups, the schedules' epoch-31 rates,
-fresh Adam states). Compared: the stage-1 gradients, every loss value, the parameter updates in units of
-the learning rate (fixtures README: >= 93 % of each tensor's elements and 99 % on average within 1 % of
-lr; the CA k_conv biases, whose true gradient is zero, skipped) and the BatchNorm buffers.
+iteration of `tiodepth_jax.train.step` at the set's epoch (`training.epoch`, 31 in tio_dinov2b: all three
+groups, the schedules' rates at that epoch, fresh Adam states). Compared: the learning rate of every trained
+tensor, the stage-1 gradients, every loss value, the parameter updates in units of the learning rate
+(fixtures README: >= 93 % of each tensor's elements and 99 % on average within 1 % of lr; the CA k_conv biases,
+whose true gradient is zero, skipped) and the BatchNorm buffers. Sampled arrays are compared on their samples.
 """
 
 from __future__ import annotations
+
+import re
 
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from convert.common import torch_layout
 from convert.tiodepth import make_torch_key
 from convert.vgg19 import convert_vgg19_features
-from tests.parity import FixtureSet, discover, failures_table
+from tests.parity import FixtureSet, failures_table, tio_params, torch_layout
 from tests.parity_tio import inputs, model_for
 from tiodepth_jax.losses import TRAINING_LOSSES
-from tiodepth_jax.train.optim import default_groups, group_filter
-from tiodepth_jax.train.step import active_groups, init_state, lr_factors, make_step, stage_loss
+from tiodepth_jax.config import OptimConfig
+from tiodepth_jax.train.optim import active_groups, group_filter, label, lr_factors, optimizer
+from tiodepth_jax.train.step import init_state, make_step, stage_loss
 
-EPOCH = 31
 FROZEN = ("encoder",)
+GROUPS, TX = OptimConfig().groups, optimizer(OptimConfig())  # the fork's groups and plain Adam
 
 
-@pytest.fixture(scope="module")
-def fs():
-    sets = [FixtureSet(p) for p in discover()]
-    fs = next((s for s in sets if s.family.startswith("TiO-Depth") and s.names("step/")), None)
-    if fs is None:
-        pytest.skip("no TiO-Depth fixture set with a training iteration (set TIODEPTH_FIXTURES)")
+@pytest.fixture(scope="module", params=tio_params())
+def fs(request) -> FixtureSet:
+    fs = request.param
+    if not fs.names("step/"):
+        pytest.skip(f"fixture set {fs.name} stores no training iteration (step/*)")
     return fs
+
+
+def epoch_of(fs: FixtureSet) -> int:
+    """The epoch of the set's training iteration: `training.epoch`, else the `lr_at_epoch_<E>` keys."""
+    training = fs.meta.get("training", {})
+    if "epoch" in training:
+        return int(training["epoch"])
+    keys = {m.group(1) for g in training.get("optimizers", {}).values() for pg in g["param_groups"]
+            for k in pg if (m := re.fullmatch(r"lr_at_epoch_(\d+)", k))}
+    assert len(keys) == 1, f"{fs.name}: no training epoch in the JSON"
+    return int(keys.pop())
+
+
+def fixture_lrs(fs: FixtureSet) -> dict:
+    """{group: {PyTorch parameter name: lr at the set's epoch}} from `training.optimizers`."""
+    epoch = epoch_of(fs)
+    out = {}
+    for g, opt in fs.meta["training"]["optimizers"].items():
+        out[g] = {}
+        for pg in opt["param_groups"]:
+            lr = pg.get(f"lr_at_epoch_{epoch}", pg.get("lr"))
+            out[g].update({name: lr for name in pg["params"]})
+    return out
+
+
+def zero_gradient_biases(fs: FixtureSet) -> set:
+    """The CA blocks' k_conv biases (`1._convs.<i>` with block ('sfg', ...)): their true gradient is zero."""
+    blocks = fs.meta["config"].get("decoder_convblocks(1._convs.<i>)")
+    ca = [i for i, b in blocks.items() if b.startswith("('sfg'")] if blocks else ["18", "19", "20"]
+    return {f"1._convs.{i}.k_conv.0.bias" for i in ca}
 
 
 @pytest.fixture(scope="module")
 def setup(fs):
     model = model_for(fs)
     vgg, _ = convert_vgg19_features(fs.state_dict("vgg"))
-    size = next(s for s in fs.meta["inputs"] if f"in/{s}/color_s_aug" in fs.entries)
     graphdef = nnx.split(model, nnx.Param, nnx.BatchStat)[0]
-    return model, vgg, graphdef, inputs(fs, size)
+    return model, vgg, graphdef, inputs(fs, fs.train_size())
 
 
 def torch_named(model, state) -> dict:
@@ -51,12 +82,36 @@ def torch_named(model, state) -> dict:
     return {name_of(tuple(k), None): torch_layout(str(k[-1]), np.asarray(v)) for k, v in nnx.to_flat_state(state)}
 
 
+def test_learning_rates(fs, setup):
+    """Every trained tensor's rate at the set's epoch (group lr x schedule factor x member rate) equals the
+    fixture optimiser's, group by group; frozen tensors are in no group."""
+    model, *_ = setup
+    epoch = epoch_of(fs)
+    name_of = make_torch_key(model.cfg)
+    params = [tuple(k) for k, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))]
+    expected = fixture_lrs(fs)
+    factors = lr_factors(GROUPS, epoch)
+    assert active_groups(GROUPS, epoch) == tuple(g for g in expected if fs.meta["training"]["optimizers"][g]
+                                                 .get("st_epoch", 1) <= epoch)
+    for g, group in GROUPS:
+        if g not in expected:
+            continue
+        ours = {}
+        for path in params:
+            member = label(path, group, FROZEN)
+            if member is not None:
+                ours[name_of(path, None)] = group.lr * float(factors[g]) * group.members[member]
+        assert sorted(ours) == sorted(expected[g]), f"{g}: trained tensors differ"
+        bad = {k: (ours[k], v) for k, v in expected[g].items() if not np.isclose(ours[k], v, rtol=1e-6, atol=0)}
+        assert not bad, f"{g} learning rates (ours, fixture) at epoch {epoch}: {bad}"
+
+
 def test_stage1_gradients(fs, setup):
     model, vgg, graphdef, batch = setup
-    state = init_state(model, default_groups(), FROZEN)
-    group = default_groups()[0]
+    state = init_state(model, GROUPS, FROZEN, TX)
+    name, group = GROUPS[0]
     params_g, params_rest = nnx.split_state(state["params"], group_filter(group, FROZEN), ...)
-    loss_fn = stage_loss(graphdef, vgg, TRAINING_LOSSES, 0, group.name)
+    loss_fn = stage_loss(graphdef, vgg, TRAINING_LOSSES, 0, name)
     (_, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params_g, params_rest, state["batch_stats"],
                                                                         batch, {})
     ours = torch_named(model, grads)
@@ -70,12 +125,13 @@ def test_stage1_gradients(fs, setup):
 
 def test_one_iteration(fs, setup):
     model, vgg, graphdef, batch = setup
-    groups = default_groups()
-    state = init_state(model, groups, FROZEN)
+    groups = GROUPS
+    state = init_state(model, groups, FROZEN, TX)
     init = torch_named(model, state["params"])
     vgg_graphdef, vgg_params = nnx.split(vgg)
-    step = make_step(graphdef, vgg_graphdef, groups, active_groups(groups, EPOCH), TRAINING_LOSSES, FROZEN)
-    new_state, metrics = jax.jit(step)(state, vgg_params, batch, lr_factors(groups, EPOCH))
+    epoch = epoch_of(fs)
+    step = make_step(graphdef, vgg_graphdef, groups, active_groups(groups, epoch), TRAINING_LOSSES, FROZEN, TX)
+    new_state, metrics = jax.jit(step)(state, vgg_params, batch, lr_factors(groups, epoch))
     metrics = jax.device_get(metrics)
 
     # Loss values: group 1 at the initial weights, groups 2 and 3 after the earlier steps.
@@ -90,11 +146,16 @@ def test_one_iteration(fs, setup):
 
     # Parameter updates in units of the largest learning rate applied to each tensor.
     after = torch_named(model, new_state["params"])
-    lr_max = {e["name"][len("step/param_after/"):]: e["sensitivity"]["lr_max"]
-              for e in fs.meta["arrays"] if e["name"].startswith("step/param_after/")}
+    lrs = fixture_lrs(fs)
+    lr_max = {}
+    for name in fs.names("step/param_after/"):
+        key = name[len("step/param_after/"):]
+        sens = fs.entries[name].get("sensitivity") or fs._resolved(name).get("sensitivity") or {}
+        lr_max[key] = sens.get("lr_max") or max(g[key] for g in lrs.values() if key in g)
+    skip = zero_gradient_biases(fs)
     fractions = []
     for key, lr in lr_max.items():
-        if ".k_conv.0.bias" in key and any(f"_convs.{i}." in key for i in (18, 19, 20)):
+        if key in skip:
             continue  # mathematically zero gradient: its update is rounding noise (fixtures README)
         ours_delta, ref_delta = _deltas(fs, f"step/param_after/{key}", after[key], init[key])
         within = np.abs(ours_delta - ref_delta) <= 0.01 * lr
@@ -108,21 +169,20 @@ def test_one_iteration(fs, setup):
     for name in fs.names("step/buffer_after/"):
         key = name[len("step/buffer_after/"):]
         if key.endswith("num_batches_tracked"):
-            assert int(stats[key]) == int(fs.whole(name)), key
+            assert int(stats[key]) == int(fs.scalar(name)), key
         else:
             c = fs.compare(name, stats[key])
             assert c.ok, f"{key}: {c.rel_l2:.2e} > {c.tol:.1e}"
 
 
 def _group_of(key: str) -> str:
-    term = key.split("/")[1]
-    return {"Mono": "param_group1", "Stereo": "param_group2", "Refine": "param_group3"}[term.split("_")[0]]
+    """The group whose loss table holds the term of '<side>/<term>-value'."""
+    term = key.split("/")[1][:-len("-value")]
+    return next(g for g, terms in TRAINING_LOSSES.items() if any(t.name == term for t in terms))
 
 
 def _deltas(fs: FixtureSet, name: str, ours_after: np.ndarray, init: np.ndarray):
     """(our update, reference update) on the stored elements (all, or the sampled ones)."""
-    e = fs.entries[name]
-    if e["storage"] == "whole":
-        return (ours_after - init).ravel(), (fs.whole(name) - init).ravel()
-    idx, val = fs.arrays[name + "@idx"], fs.arrays[name + "@val"]
-    return (ours_after.ravel()[idx] - init.ravel()[idx]), (val - init.ravel()[idx])
+    idx, val = fs.samples(name)
+    init = np.asarray(init).ravel()[idx]
+    return np.asarray(ours_after).ravel()[idx] - init, val - init

@@ -1,8 +1,8 @@
-"""VGG19 perceptual features (spec §2.6.1): fixture parity, a torch re-implementation, the converter."""
+"""VGG19 perceptual features (spec §2.6.1): fixture parity on every TiO-Depth set (the recipe's VGG on the set's
+augmented training image, against its stage-1 `mono_raw_feats_*`), a torch re-implementation, the converter."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
@@ -15,7 +15,7 @@ from flax import nnx
 
 from convert import vgg19 as cv
 from convert.common import ConversionError
-from tests.parity import FIXTURES_DIR, FixtureSet, discover, nchw, rel_l2
+from tests.parity import FixtureSet, nchw, rel_l2, tio_params
 from tiodepth_jax import checkpoint
 from tiodepth_jax.models.vgg import LAYERS, VGG19Config, VGG19Features
 
@@ -85,25 +85,24 @@ def registered():
         del checkpoint.MODEL_KINDS["vgg19_features"]
 
 
-def _tio_set() -> FixtureSet:
-    for p in discover():
-        if json.loads(p.read_text())["name"] == "tio_dinov2b":
-            return FixtureSet(p)
-    pytest.skip(f"the tio_dinov2b fixture set is not in {FIXTURES_DIR} (set TIODEPTH_FIXTURES)")
-
-
-def test_fixture_parity():
-    fs = _tio_set()
+@pytest.mark.parametrize("fs", tio_params())
+def test_fixture_parity(fs: FixtureSet):
+    """The raw (target-view) features of stage 1: VGG of the augmented image of the frame the Mono stage
+    synthesises (`mono_raw_feats_<frame>_<k>_<side>`, frame = the other side of the training side)."""
     model, report = cv.convert_vgg19_features(fs.state_dict("vgg"))
     assert report.converted == 16 and not report.missing and not report.unexpected and not report.ignored
-    x = fs.whole("in/84x280/color_s_aug").transpose(0, 2, 3, 1)  # NCHW -> NHWC
+    side = fs.meta["config"]["model_params"]["set_train_side"]
+    frame = "s" if side == "o" else "o"
+    names = [f"train/stage1/mono_raw_feats_{frame}_{k}_{side}" for k in range(3)]
+    assert all(n in fs.entries for n in names), f"{fs.name}: no stage-1 VGG features {names}"
+    x = fs.whole(f"in/{fs.train_size()}/color_{frame}_aug").transpose(0, 2, 3, 1)  # NCHW -> NHWC
     t0 = time.perf_counter()
     feats = jax.device_get(nnx.jit(lambda m, x: m(x))(model, x))
     elapsed = time.perf_counter() - t0
-    results = [fs.compare(f"train/stage1/mono_raw_feats_s_{k}_o", nchw(f)) for k, f in enumerate(feats)]
+    results = [fs.compare(n, nchw(f)) for n, f in zip(names, feats)]
     for c in results:
-        print(f"{c.name}: rel L2 {c.rel_l2:.2e} (tol {c.tol:.0e}) {c.detail}")
-    print(f"compile + run at 2x84x280: {elapsed:.2f} s")
+        print(f"{c.name} ({fs.storage(c.name)}): rel L2 {c.rel_l2:.2e} (tol {c.tol:.0e}) {c.detail}")
+    print(f"compile + run at {'x'.join(map(str, x.shape[:3]))}: {elapsed:.2f} s")
     assert all(c.ok for c in results), [c for c in results if not c.ok]
 
 

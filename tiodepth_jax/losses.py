@@ -254,10 +254,11 @@ KIND_DEFAULTS: dict[str, dict[str, Any]] = {
 ORIGINAL_TYPES = {"PhotoLoss": "photo", "SmoothLoss": "smooth", "GradLoss": "grad", "CostLoss": "cost"}
 # The original's argument name of the second input, per kind.
 _TARGET_ARG = {"photo": "target_n", "smooth": "image_n", "grad": "target_n", "cost": "targets_n"}
-# Accepted by the original constructors but without effect here (or unsupported unless left at None).
-_IGNORED_ARGS = {"device"}
+# Accepted by the original constructors but without effect here (or unsupported unless left at None):
+# 'other_side' only chose the side a '{}' target name was filled with, and names are literal here.
+_IGNORED_ARGS = {"device", "other_side"}
 _UNSUPPORTED_IF_SET = {"cost": ("pred_img_n", "target_img_n", "real_img_n", "able_mask_n")}
-_FLAT_KEYS = {"name", "kind", "pred", "target", "image", "rate", "mask", "params", "other_side"}
+_FLAT_KEYS = {"name", "kind", "pred", "target", "image", "rate", "mask", "params"}
 _YAML_KEYS = {"type", "rate", "mask", "name", "args"}
 
 
@@ -266,8 +267,8 @@ class LossTerm:
     """One loss term of a group (one `loss_terms` entry of the training yaml).
 
     pred, target: names looked up in the batch, then in the model outputs (for 'smooth' `target` is the
-    image, or None; for 'cost' it may be a tuple of candidate names). Names may contain '{}', filled with the
-    loss side by `evaluate_terms` (the target with the other side when `other_side`).
+    image, or None; for 'cost' it may be a tuple of candidate names). Names are literal: the original's
+    '{}' side placeholders are written out (the side of every group is fixed, spec §5.6).
     rate: the weight of rate * mean(map). mask: the name of a map multiplied into the loss map, or None.
     params: keyword arguments of the kind's loss function (validated against `KIND_DEFAULTS`).
     """
@@ -279,7 +280,6 @@ class LossTerm:
     rate: float
     mask: str | None = None
     params: dict = dataclasses.field(default_factory=dict)
-    other_side: bool = False
 
     def __post_init__(self):
         if self.kind not in LOSS_FUNCTIONS:
@@ -290,6 +290,10 @@ class LossTerm:
                              f"(accepted: {sorted(KIND_DEFAULTS[self.kind])})")
         if isinstance(self.target, list):
             object.__setattr__(self, "target", tuple(self.target))
+        names = [self.pred, self.mask, *(self.target if isinstance(self.target, tuple) else [self.target])]
+        if any("{" in n for n in names if n is not None):
+            raise ValueError(f"loss term {self.name!r}: names are literal; write the side out instead of "
+                             f"the original's '{{}}' placeholder: {[n for n in names if n and '{' in n]}")
         if isinstance(self.target, tuple) and self.kind != "cost":
             raise ValueError(f"loss term {self.name!r}: only 'cost' terms take several targets")
         if self.target is None and self.kind != "smooth":
@@ -307,13 +311,13 @@ class LossTerm:
 
     def __hash__(self):
         return hash((self.name, self.kind, self.pred, self.target, self.rate, self.mask,
-                     tuple(sorted(self.params.items())), self.other_side))
+                     tuple(sorted(self.params.items()))))
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], name: str | None = None) -> "LossTerm":
         """Build a term from a config dict, in either form:
 
-        * flat: {name, kind, pred, target (or image for smooth), rate, mask?, params?, other_side?}; missing
+        * flat: {name, kind, pred, target (or image for smooth), rate, mask?, params?}; missing
           params take the loss function's defaults;
         * the original yaml's `loss_terms` entry: {type: PhotoLoss|SmoothLoss|GradLoss|CostLoss, rate, mask?,
           name? (ignored, the yaml has an empty one), args: {pred_n, target_n|image_n|targets_n, ...}}; the
@@ -338,8 +342,7 @@ class LossTerm:
             raise ValueError(f"loss term {term_name!r}: 'image' is only for smooth terms (use 'target')")
         target = d.get("target", d.get("image"))
         return cls(name=term_name, kind=d["kind"], pred=d["pred"], target=_target_value(target),
-                   rate=float(d["rate"]), mask=d.get("mask"), params=dict(d.get("params") or {}),
-                   other_side=bool(d.get("other_side", False)))
+                   rate=float(d["rate"]), mask=d.get("mask"), params=dict(d.get("params") or {}))
 
     @classmethod
     def _from_original(cls, d: Mapping[str, Any], name: str | None) -> "LossTerm":
@@ -366,13 +369,12 @@ class LossTerm:
         if target_arg not in args and kind != "smooth":
             raise ValueError(f"loss term {name!r}: missing args.{target_arg}")
         target = args.pop(target_arg, None)
-        other_side = bool(args.pop("other_side", False)) if kind == "photo" else False
         unknown = sorted(set(args) - set(KIND_DEFAULTS[kind]))
         if unknown:
             raise ValueError(f"loss term {name!r}: unknown {d['type']} args {unknown}")
         params = {**KIND_DEFAULTS[kind], **args}
         return cls(name=name, kind=kind, pred=pred, target=_target_value(target), rate=float(d["rate"]),
-                   mask=d.get("mask"), params=params, other_side=other_side)
+                   mask=d.get("mask"), params=params)
 
 
 def _target_value(target):
@@ -386,9 +388,8 @@ def terms_from_config(loss_terms: Mapping[str, Mapping[str, Any]]) -> tuple[Loss
     return tuple(LossTerm.from_dict(v, name=k) for k, v in loss_terms.items())
 
 
-def _photo(name, pred, target, rate, *, l1=0, l2=0, ssim_=0, mask=None, other_side=False):
-    return LossTerm(name, "photo", pred, target, rate, mask,
-                    {"l1_rate": l1, "l2_rate": l2, "ssim_rate": ssim_}, other_side)
+def _photo(name, pred, target, rate, *, l1=0, l2=0, ssim_=0, mask=None):
+    return LossTerm(name, "photo", pred, target, rate, mask, {"l1_rate": l1, "l2_rate": l2, "ssim_rate": ssim_})
 
 
 def _smooth(name, pred, image, rate):
@@ -403,15 +404,14 @@ def _cost(name, pred, target, rate, **params):
 # The training yaml's loss groups (spec §5.6; param_group1/2/3 start at epochs 1/21/31). All names are literal.
 TRAINING_LOSSES: dict[str, tuple[LossTerm, ...]] = {
     "param_group1": (
-        _photo("Mono_photo_discrete", "mono_disproj_img_s_0_o", "color_s_aug", 1, l1=1, other_side=True),
+        _photo("Mono_photo_discrete", "mono_disproj_img_s_0_o", "color_s_aug", 1, l1=1),
         _photo("Mono_perceptual-1", "mono_synth_feats_s_0_o", "mono_raw_feats_s_0_o", 0.01, l2=1),
         _photo("Mono_perceptual-2", "mono_synth_feats_s_1_o", "mono_raw_feats_s_1_o", 0.01, l2=1),
         _photo("Mono_perceptual-3", "mono_synth_feats_s_2_o", "mono_raw_feats_s_2_o", 0.01, l2=1),
         _smooth("Mono_smooth", "mono_disp_0_o", "color_o", 0.0008),
     ),
     "param_group2": (
-        _photo("Stereo_photo", "stereo_proj_img_o_0_s", "fused_occ_color_s", 1, l1=0.15, ssim_=0.85,
-               other_side=True),
+        _photo("Stereo_photo", "stereo_proj_img_o_0_s", "fused_occ_color_s", 1, l1=0.15, ssim_=0.85),
         _smooth("Stereo_smooth", "stereo_disp_0_s", "color_s", 0.008),
         _cost("Stereo_cost3", "cost_3-s", "mono_pvolume_cost_3_s", 0.01, smol1_rate=0, l1_rate=1, t_l1=1,
               total_tl1=True),
@@ -429,10 +429,6 @@ TRAINING_LOSSES: dict[str, tuple[LossTerm, ...]] = {
 }
 
 
-def _other(side: str) -> str:
-    return "s" if side == "o" else "o"
-
-
 def _get(name: str, outputs: Mapping, batch: Mapping):
     # The original merges the outputs, then the inputs into one dict: an input wins a name clash.
     if name in batch:
@@ -442,34 +438,31 @@ def _get(name: str, outputs: Mapping, batch: Mapping):
     raise KeyError(f"loss input {name!r} is neither in the batch nor in the outputs")
 
 
-def term_map(term: LossTerm, outputs: Mapping, batch: Mapping, side: str | None = None) -> jax.Array:
+def term_map(term: LossTerm, outputs: Mapping, batch: Mapping) -> jax.Array:
     """The term's per-pixel map (B,h,w,1), before the mask, rate and mean."""
-    fmt = (lambda n: n) if side is None else (lambda n: n.format(side))
-    tfmt = fmt if side is None or not term.other_side else (lambda n: n.format(_other(side)))
-    pred = _get(fmt(term.pred), outputs, batch)
+    pred = _get(term.pred, outputs, batch)
     if term.target is None:
         target = None
     elif isinstance(term.target, tuple):
-        target = [_get(fmt(t), outputs, batch) for t in term.target]
+        target = [_get(t, outputs, batch) for t in term.target]
     else:
-        target = _get(tfmt(term.target), outputs, batch)
+        target = _get(term.target, outputs, batch)
     return LOSS_FUNCTIONS[term.kind](pred, target, **term.params)
 
 
-def evaluate_terms(terms: Sequence[LossTerm], outputs: Mapping, batch: Mapping, *, side: str | None = None):
-    """A group's loss as `Base_of_Model._compute_losses` computes it (spec §5.1) for one side.
+def evaluate_terms(terms: Sequence[LossTerm], outputs: Mapping, batch: Mapping):
+    """A group's loss as `Base_of_Model._compute_losses` computes it (spec §5.1) on its side.
 
     Returns (total, values, maps): total = sum over terms of rate * mean(map) (mean over all B*h*w elements,
     a masked map is *not* renormalised); values[name] = the logged, unweighted `<side>/<name>-value` (the
     plain mean, or sum(map) / sum(mask) for a masked term; gradient stopped); maps[name] = the map (B,h,w,1),
-    already multiplied by the mask (the original's `<name>/<side>` entry). `side` fills '{}' in the names."""
+    already multiplied by the mask (the original's `<name>/<side>` entry)."""
     total = jnp.zeros((), jnp.float32)
     values, maps = {}, {}
     for term in terms:
-        loss = term_map(term, outputs, batch, side)
+        loss = term_map(term, outputs, batch)
         if term.mask is not None:
-            mask_name = term.mask if side is None else term.mask.format(side)
-            mask = jnp.asarray(_get(mask_name, outputs, batch)).astype(loss.dtype)
+            mask = jnp.asarray(_get(term.mask, outputs, batch)).astype(loss.dtype)
             loss = loss * mask
             value = jnp.sum(loss) / jnp.sum(mask)
         else:

@@ -186,16 +186,6 @@ def warp_frame(img, depths, inv_K, T, K):
     return jnp.moveaxis(warped, 0, 3)  # (N, B, H, W, C) -> (B, H, W, N, C)
 
 
-def discrete_synthesis_reference(logits, img, depths, inv_K, T, K):
-    """The original's sequence, materialising both volumes: ``sum_j softmax_j(warp_volume) * warp_frame_j``.
-
-    Same contract as :func:`discrete_synthesis`; kept as the plain-autodiff reference (it holds the
-    (B, H, W, N, C) image volume and its backward buffers).
-    """
-    prob = jax.nn.softmax(warp_volume(logits, depths, inv_K, T, K), axis=-1)  # (B, H, W, N)
-    return jnp.sum(prob[..., None] * warp_frame(img, depths, inv_K, T, K), axis=3)
-
-
 def discrete_synthesis(logits, img, depths, inv_K, T, K):
     """``mono_disproj_img``: ``sum_j softmax_j(warp_volume(logits))_j * warp_frame(img)_j`` (spec §2.6.1).
 
