@@ -110,6 +110,11 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
     assert "resumed from" in out
     assert _losses(tmp_path / "run") == reference  # bitwise the same loss sequence
 
+    again = run([*common, f"workdir={tmp_path / 'ref'}"], env=cache)  # a finished run says so
+    out, _ = again.communicate(timeout=900)
+    assert again.returncode == 0 and "already completed its 2 epochs" in out, out[-3000:]
+    assert _losses(tmp_path / "ref") == reference
+
 
 def test_unknown_config_key_is_named(tmp_path):
     p = run(["-m", "tiodepth_jax.train", "--config", "configs/demo.yaml", "optim.betaz=[0.5, 0.9]",
@@ -142,3 +147,21 @@ def test_trainer_input_errors_are_one_line_and_leave_nothing(tmp_path):
     errors = [ln for ln in out.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and "is not built in" in errors[0], out[-3000:]
     assert "Traceback" not in out and not workdir.exists()
+
+
+def test_overrides_anywhere_on_the_command_line():
+    from tiodepth_jax.train.__main__ import parse_args
+    args = parse_args(["--config", "c.yaml", "epochs=1", "--resume", "batch_size=2"])
+    assert args.resume and args.overrides == ["epochs=1", "batch_size=2"]
+
+
+def test_a_truncated_loss_log_is_repaired(tmp_path):
+    from tiodepth_jax.errors import InputError
+    from tiodepth_jax.train.loop import rewind_loss_log
+    log = tmp_path / "losses.jsonl"
+    log.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "loss": 0.3}\n{"step": 4, "lo')
+    rewind_loss_log(log, 2)
+    assert log.read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n'
+    log.write_text('{"step": 1, "loss": 0.5}\nnot json\n{"step": 2, "loss": 0.4}\n')
+    with pytest.raises(InputError, match=f"{log}: line 2 is not JSON"):
+        rewind_loss_log(log, 2)

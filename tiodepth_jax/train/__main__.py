@@ -23,8 +23,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True, help="YAML config (configs/*.yaml)")
     ap.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the workdir")
-    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=2e-4 batch_size=4")
-    return ap.parse_args(argv)
+    ap.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=2e-4 batch_size=4 (anywhere)")
+    return ap.parse_intermixed_args(argv)
 
 
 def train(args: argparse.Namespace) -> None:

@@ -102,6 +102,25 @@ def batches(cfg: TrainConfig, samples, epoch: int):
                          num_threads=cfg.data.num_workers)
 
 
+def rewind_loss_log(log: Path, global_step: int) -> None:
+    """Keep the entries of `log` (losses.jsonl) up to the restored step: a killed run may have logged past its
+    checkpoint, and a kill mid-write leaves a truncated last line, which is dropped."""
+    if not log.exists():
+        return
+    lines = log.read_text().splitlines()
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line) if line else None
+        except json.JSONDecodeError:
+            if number == len(lines):  # the line being written when the run was killed
+                break
+            raise InputError(f"{log}: line {number} is not JSON; move the file away to start a new log") from None
+        if entry is not None and entry["step"] <= global_step:
+            kept.append(line)
+    log.write_text("".join(ln + "\n" for ln in kept))
+
+
 def to_global(batch: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
@@ -204,13 +223,18 @@ class Trainer:
             epoch, start_step, global_step = meta["epoch"], meta["step_in_epoch"], meta["global_step"]
             data_state = meta.get("data_iterator")
             self.val_reference = meta.get("val_reference")
-            log.info(f"resumed from {cfg.checkpoint_dir} step {latest}: epoch {epoch}, batch {start_step}")
+            if epoch > cfg.epochs:
+                log.info(f"{cfg.checkpoint_dir} step {latest}: the run already completed its {cfg.epochs} epochs; "
+                         "nothing to do (raise `epochs` to train on)")
+            else:
+                log.info(f"resumed from {cfg.checkpoint_dir} step {latest}: epoch {epoch}, batch {start_step}")
         elif resume:
             raise InputNotFoundError(f"--resume: no checkpoint in {cfg.checkpoint_dir}")
         elif latest is not None:
             raise InputExistsError(f"{cfg.checkpoint_dir} already holds checkpoints; pass --resume to continue "
                                   "that run or choose another workdir")
-        self._rewind_loss_log(global_step)
+        if jax.process_index() == 0:
+            rewind_loss_log(self._loss_log(), global_step)
         last_val = {}
         if global_step == 0 and cfg.val.at_start and cfg.val.every_n_epochs:
             last_val = self.validate(epoch=0, global_step=0)
@@ -261,14 +285,6 @@ class Trainer:
 
     def _loss_log(self) -> Path:
         return self.workdir / "losses.jsonl"
-
-    def _rewind_loss_log(self, global_step: int):
-        """Keep only the entries up to the restored step (a killed run may have logged past its checkpoint)."""
-        log = self._loss_log()
-        if jax.process_index() != 0 or not log.exists():
-            return
-        lines = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln)["step"] <= global_step]
-        log.write_text("".join(ln + "\n" for ln in lines))
 
     def _log_step(self, global_step, epoch, metrics, ips, factors):
         if jax.process_index() != 0:
