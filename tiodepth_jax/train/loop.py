@@ -243,6 +243,7 @@ class Trainer:
             active = active_groups(self.groups, epoch)
             factors = lr_factors(self.groups, epoch)
             step = self.step_fn(active)
+            epoch_save = bool(cfg.checkpoint.every_n_epochs) and epoch % cfg.checkpoint.every_n_epochs == 0
             data = iter(batches(cfg, self.train_ds, epoch))
             if data_state is not None:
                 data.set_state(data_state)
@@ -263,13 +264,14 @@ class Trainer:
                 self._log_step(global_step, epoch, metrics, ips, factors)
                 if cfg.logging.image_every_n_steps and global_step % cfg.logging.image_every_n_steps == 0:
                     self._log_images(global_step, batch)
-                if cfg.checkpoint.every_n_steps and global_step % cfg.checkpoint.every_n_steps == 0:
+                if (cfg.checkpoint.every_n_steps and global_step % cfg.checkpoint.every_n_steps == 0
+                        and not (i + 1 == n_steps and epoch_save)):  # the end-of-epoch save takes that step
                     self._save(epoch, i + 1, global_step, metrics, data.get_state())
             start_step = 0
             if cfg.val.every_n_epochs and epoch % cfg.val.every_n_epochs == 0:
                 last_val = self.validate(epoch, global_step)
             epoch += 1
-            if cfg.checkpoint.every_n_epochs and (epoch - 1) % cfg.checkpoint.every_n_epochs == 0:
+            if epoch_save:
                 self._save(epoch, 0, global_step, last_val, None)
         self.checkpoints.close()
         self.writer.close()
