@@ -302,6 +302,22 @@ def test_training_checkpoint(demo_cfg, model, tmp_path):
         load(run, which="best")
 
 
+def test_predict_from_a_training_run(demo_cfg, model, tmp_path):
+    """predict takes a run too, with the run's validation size as its default size."""
+    from tiodepth_jax import predict
+    from tiodepth_jax.images import write_png
+    _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    ckpts = TrainCheckpoints(tmp_path / "run" / "checkpoints", async_save=False, config=demo_cfg.to_dict())
+    ckpts.save(3, {"params": params, "batch_stats": stats}, {"epoch": 1})
+    ckpts.close()
+    predictor = predict.load_predictor(tmp_path / "run", mode="Mono")
+    assert predictor.default_size == demo_cfg.val.image_size
+    write_png(tmp_path / "frame.png", np.full((30, 50, 3), 128, np.uint8))
+    assert predict.main(["--checkpoint", str(tmp_path / "run"), "--input", str(tmp_path / "frame.png"),
+                         "--mode", "Mono", "--out", str(tmp_path / "out"), "--no-png"]) == 0
+    assert np.load(tmp_path / "out" / "frame.npy").shape == (30, 50)
+
+
 def test_best_training_checkpoint(demo_cfg, model, tmp_path):
     """`which='best'` is the checkpoint with the lowest stored score, whatever its age."""
     _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
