@@ -212,11 +212,10 @@ def load(path: str | os.PathLike, *, kind: str | None = None, which="latest", dt
     if not path.exists():
         raise InputNotFoundError(f"checkpoint {path} does not exist")
     if (path / "model.json").is_file():
-        meta = read_model_meta(path)
-        model = load_model(path, kind=kind, dtype=jnp.float32 if dtype is None else dtype)
-        train_size = tuple(meta["config"]["image_size"]) if meta["kind"] == "tiodepth" else None
-        return Loaded(model, meta["kind"], jnp.dtype(dtype or jnp.float32).name, train_size, None,
-                      {"checkpoint": str(path), "kind": "model"})
+        dtype = jnp.dtype(jnp.float32 if dtype is None else dtype)
+        model = load_model(path, kind=kind, dtype=dtype)
+        train_size = tuple(model.cfg.image_size) if isinstance(model, TiODepth) else None
+        return Loaded(model, model_kind(model), dtype.name, train_size, None, {"checkpoint": str(path), "kind": "model"})
     loaded = load_run(path, which=which, dtype=dtype)
     _check_kind(path, loaded.kind, kind)
     return loaded

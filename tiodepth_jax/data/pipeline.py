@@ -111,18 +111,23 @@ def load_batch(samples, order: np.ndarray, step: int, *, batch_size: int, seed: 
     return {k: np.stack([s[k] for s in picked]).astype(np.float32) for k in TRAIN_KEYS}
 
 
+def check_batch_size(n: int, batch_size: int, process_count: int = 1) -> None:
+    """InputError unless `n` samples make at least one global batch shared evenly by the processes."""
+    if batch_size % process_count:
+        raise InputError(f"batch_size {batch_size} is not divisible by the {process_count} processes")
+    if n < batch_size:
+        raise InputError(f"the dataset has {n} samples, fewer than batch_size {batch_size}")
+
+
 def epoch_batches(samples, *, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2, prefetch: int = 2):
     """A grain ``IterDataset`` of this process's batches of one epoch (see the module docstring).
 
     ``iter(...)`` gives an iterator with ``get_state()`` / ``set_state(state)``.
     """
-    if batch_size % process_count:
-        raise InputError(f"batch_size {batch_size} is not divisible by the {process_count} processes")
+    check_batch_size(len(samples), batch_size, process_count)
     order = epoch_order(len(samples), batch_size, seed, epoch, shuffle)
     n_steps = len(order) // batch_size
-    if n_steps == 0:
-        raise InputError(f"the dataset has {len(samples)} samples, fewer than batch_size {batch_size}")
     batches = grain.MapDataset.range(n_steps).map(
         lambda step: load_batch(samples, order, step, batch_size=batch_size, seed=seed, epoch=epoch,
                                 process_index=process_index, process_count=process_count))

@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-from tiodepth_jax.checkpoint import BEST_KEY, RUN_ITEMS, best_score
+from tiodepth_jax.checkpoint import RUN_ITEMS, best_score
 
 
 class TrainCheckpoints:

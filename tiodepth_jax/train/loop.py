@@ -28,7 +28,7 @@ from tiodepth_jax.checkpoint import BEST_KEY, load_model
 from tiodepth_jax.colormap import colorize
 from tiodepth_jax.config import ConfigError, TrainConfig
 from tiodepth_jax.data.augment import eval_sample
-from tiodepth_jax.data.pipeline import RecordSamples, SyntheticSamples, epoch_batches, open_source
+from tiodepth_jax.data.pipeline import RecordSamples, SyntheticSamples, check_batch_size, epoch_batches, open_source
 from tiodepth_jax.data.synthetic import SceneConfig, SyntheticStereo
 from tiodepth_jax.errors import InputError, InputExistsError, InputNotFoundError
 from tiodepth_jax.evaluate import MetricOptions, evaluate_prediction
@@ -138,9 +138,7 @@ class Trainer:
         self.loss_terms = ({g: terms_from_config(t) for g, t in cfg.losses.items()} if cfg.losses
                            else TRAINING_LOSSES)
         self.train_ds, self.val_ds = train_samples(cfg), val_set(cfg) if cfg.val.every_n_epochs else None
-        if len(self.train_ds) < cfg.batch_size:
-            raise InputError(f"the training set has {len(self.train_ds)} samples, fewer than batch_size "
-                             f"{cfg.batch_size}")
+        check_batch_size(len(self.train_ds), cfg.batch_size, jax.process_count())
         self.batch_sharding = batch_sharding(self.mesh)
         self._build_state()
         self._steps: dict = {}
