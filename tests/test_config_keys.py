@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import pickle
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -24,6 +27,16 @@ PACKAGE = Path(config_module.__file__).parent
 CONFIG_FILES = {PACKAGE / "config.py", PACKAGE / "schema.py"}
 # Fields with no effect on purpose: {dotted path: why}. Empty: every key does something.
 INERT: dict[str, str] = {}
+
+
+def parse(path: Path) -> ast.AST:
+    """`ast.parse` of a source file, done in a child interpreter and sent back pickled: CPython 3.11 keeps
+    the AST converter's recursion counter per interpreter, so a parse here races with background threads
+    that earlier tests leave running (orbax, after tests/test_convert.py) and fails with "AST constructor
+    recursion depth mismatch"."""
+    code = "import ast, pickle, sys; sys.stdout.buffer.write(pickle.dumps(ast.parse(open(sys.argv[1]).read())))"
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, check=True).stdout
+    return pickle.loads(out)
 
 
 def schema_fields() -> list[tuple[str, str]]:
@@ -102,7 +115,7 @@ def config_methods() -> dict[str, set[str]]:
     owners = {"TrainConfig": "", "GroupConfig": "group"}
     owners.update({typing.get_type_hints(TrainConfig)[f.name].__name__: f.name for f in dataclasses.fields(TrainConfig)
                    if dataclasses.is_dataclass(typing.get_type_hints(TrainConfig)[f.name])})
-    tree = ast.parse((PACKAGE / "config.py").read_text())
+    tree = parse(PACKAGE / "config.py")
     methods: dict[str, set[str]] = {}
     for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in owners):
         prefix = owners[cls.name] + "." if owners[cls.name] else ""
@@ -125,7 +138,7 @@ def test_every_config_field_is_read():
     for path in PACKAGE.rglob("*.py"):
         if path in CONFIG_FILES:
             continue
-        visitor = Reads(ast.parse(path.read_text()))
+        visitor = Reads(parse(path))
         reads |= visitor.pairs
         if path.parent.name == "models":
             model_reads |= {attr for owner, attr in visitor.pairs if owner == "*"}
@@ -147,9 +160,9 @@ def test_every_config_field_is_read():
     assert not unread, f"config keys that no code outside config.py reads: {unread}"
 
 
-def test_the_check_can_fail():
+def test_the_check_can_fail(tmp_path):
     """A field that nothing reads is reported (the walker is not vacuous)."""
-    tree = ast.parse("def f(cfg):\n    return cfg.checkpoint.keep, cfg.seed\n")
-    pairs = Reads(tree).pairs
+    (tmp_path / "f.py").write_text("def f(cfg):\n    return cfg.checkpoint.keep, cfg.seed\n")
+    pairs = Reads(parse(tmp_path / "f.py")).pairs
     assert ("checkpoint", "keep") in pairs and ("", "seed") in pairs
     assert ("checkpoint", "best_metric") not in pairs and ("logging", "keep") not in pairs
