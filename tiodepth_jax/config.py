@@ -245,6 +245,9 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     distributed: bool | Literal["auto"] = "auto"  # jax.distributed.initialize(): True, False or 'auto'
+    coordinator_address: str | None = None        # 'host:port' of process 0; None = detected by JAX
+    num_processes: int | None = None              # processes in the run; None = detected by JAX
+    process_id: int | None = None                 # this process's rank; None = detected by JAX
 
     def __post_init__(self):
         for name in MESH_AXES:
@@ -253,6 +256,21 @@ class MeshConfig:
                 _fail(name, f"must be a positive size or -1 (all remaining devices), got {v}")
         if self.data == -1 and self.fsdp == -1:
             _fail("fsdp", "only one mesh axis can be -1")
+        if self.num_processes is not None and self.num_processes < 1:
+            _fail("num_processes", f"must be >= 1, got {self.num_processes}")
+        if self.process_id is not None and not 0 <= self.process_id < (self.num_processes or self.process_id + 1):
+            _fail("process_id", f"must lie in [0, num_processes={self.num_processes}), got {self.process_id}")
+        if self.distributed is False:
+            for name in ("coordinator_address", "num_processes", "process_id"):
+                if getattr(self, name) is not None:
+                    _fail(name, "is set but mesh.distributed is false")
+
+    @property
+    def launch(self) -> dict:
+        """The set keys of jax.distributed.initialize() (coordinator_address, num_processes, process_id)."""
+        keys = {"coordinator_address": self.coordinator_address, "num_processes": self.num_processes,
+                "process_id": self.process_id}
+        return {k: v for k, v in keys.items() if v is not None}
 
     def shape(self, num_devices: int) -> tuple[int, int]:
         """(data, fsdp) sizes for `num_devices` devices, resolving -1."""

@@ -2,20 +2,20 @@
 
 Trains TiO-Depth with the 3-stage schedule of the config (see configs/tiodepth_dinov2b.yaml for every key).
 `key.sub=value` arguments override config entries; `--resume` continues the run in the config's workdir
-from its newest checkpoint. Multi-host runs call jax.distributed.initialize() when mesh.distributed is
-true, or when it is 'auto' and the JAX_COORDINATOR_ADDRESS environment variable is set.
+from its newest checkpoint. Several processes (hosts) join through jax.distributed with the `mesh.*` keys
+(see tiodepth_jax.train.distributed).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import jax
 
 from tiodepth_jax.config import load_config
 from tiodepth_jax.errors import run_command, setup_logging
+from tiodepth_jax.train.distributed import initialize
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -29,9 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def train(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
-    distributed = cfg.mesh.distributed
-    if distributed is True or (distributed == "auto" and os.environ.get("JAX_COORDINATOR_ADDRESS")):
-        jax.distributed.initialize()
+    initialize(cfg.mesh)
     setup_logging(jax.process_index())
     from tiodepth_jax.train.loop import Trainer  # after distributed initialisation
 
