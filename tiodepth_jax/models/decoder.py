@@ -110,9 +110,11 @@ class BatchNorm2d(nnx.Module):
             n = x.shape[0] * x.shape[1] * x.shape[2]
             m = self.momentum
             batch_mean, batch_var = jax.lax.stop_gradient((mean, var * (n / max(n - 1, 1))))
-            self.mean[...] = (1 - m) * self.mean[...] + m * batch_mean
-            self.var[...] = (1 - m) * self.var[...] + m * batch_var
-            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+            # set_value, not `v[...] = `: on a tracer the latter asks for its sharding, whose error message
+            # walks the whole trace so far (seconds per training-step trace)
+            self.mean.set_value((1 - m) * self.mean[...] + m * batch_mean)
+            self.var.set_value((1 - m) * self.var[...] + m * batch_var)
+            self.num_batches_tracked.set_value(self.num_batches_tracked[...] + 1)
         else:
             mean, var = self.mean[...], self.var[...]
         inv = jax.lax.rsqrt(var + self.eps)
