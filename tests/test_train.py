@@ -1,14 +1,12 @@
-"""The training command on a tiny config: the same step on 1 and 4 devices, SIGKILL + --resume continuity,
-config errors."""
+"""The training command on a tiny config: the same step on 1 and 4 devices, config errors (faults and
+--resume: test_faults.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -78,44 +76,6 @@ def test_same_step_on_one_and_four_devices(tmp_path):
     _assert_same_step(one, four)
 
 
-def _losses(workdir: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (workdir / "losses.jsonl").read_text().splitlines()]
-
-
-def test_sigkill_then_resume_continues_exactly(tmp_path):
-    common = ["-m", "tiodepth_jax.train", "--config", "configs/demo.yaml", *TINY, "epochs=2",
-              "checkpoint.every_n_steps=2", "checkpoint.async_save=false"]
-    # The three runs compile the same programs: share them through JAX's persistent compilation cache.
-    cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
-             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
-    ref = run([*common, f"workdir={tmp_path / 'ref'}"], env=cache)
-    out, _ = ref.communicate(timeout=900)
-    assert ref.returncode == 0, out[-3000:]
-    reference = _losses(tmp_path / "ref")
-    assert [r["step"] for r in reference] == list(range(1, 7))  # 2 epochs (Mono, then Mono + Stereo) x 3 steps
-
-    killed = run([*common, f"workdir={tmp_path / 'run'}"], env=cache, start_new_session=True)
-    ckpt = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 900
-    while time.time() < deadline and not (ckpt / "4").exists():  # killed in epoch 2 (Mono + Stereo)
-        time.sleep(0.2)
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
-    assert (ckpt / "4").exists(), "the run never reached step 4"
-    assert len(_losses(tmp_path / "run")) < 6
-
-    resumed = run([*common, f"workdir={tmp_path / 'run'}", "--resume"], env=cache)
-    out, _ = resumed.communicate(timeout=900)
-    assert resumed.returncode == 0, out[-3000:]
-    assert "resumed from" in out
-    assert _losses(tmp_path / "run") == reference  # bitwise the same loss sequence
-
-    again = run([*common, f"workdir={tmp_path / 'ref'}"], env=cache)  # a finished run says so
-    out, _ = again.communicate(timeout=900)
-    assert again.returncode == 0 and "already completed its 2 epochs" in out, out[-3000:]
-    assert _losses(tmp_path / "ref") == reference
-
-
 def test_unknown_config_key_is_named(tmp_path):
     p = run(["-m", "tiodepth_jax.train", "--config", "configs/demo.yaml", "optim.betaz=[0.5, 0.9]",
              f"workdir={tmp_path}"])
@@ -153,15 +113,3 @@ def test_overrides_anywhere_on_the_command_line():
     from tiodepth_jax.train.__main__ import parse_args
     args = parse_args(["--config", "c.yaml", "epochs=1", "--resume", "batch_size=2"])
     assert args.resume and args.overrides == ["epochs=1", "batch_size=2"]
-
-
-def test_a_truncated_loss_log_is_repaired(tmp_path):
-    from tiodepth_jax.errors import InputError
-    from tiodepth_jax.train.loop import rewind_loss_log
-    log = tmp_path / "losses.jsonl"
-    log.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "loss": 0.3}\n{"step": 4, "lo')
-    rewind_loss_log(log, 2)
-    assert log.read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n'
-    log.write_text('{"step": 1, "loss": 0.5}\nnot json\n{"step": 2, "loss": 0.4}\n')
-    with pytest.raises(InputError, match=f"{log}: line 2 is not JSON"):
-        rewind_loss_log(log, 2)

@@ -130,6 +130,8 @@ class OptimConfig:
     eps: Float = 1e-8                             # added outside the sqrt (optax eps_root = 0)
     weight_decay: Float = 0.0
     clip_grad_norm: Float | None = None           # None = no clipping (the original's clip_grad -1)
+    skip_nonfinite: int = 0                       # 0 = stop at a non-finite loss; N = undo such steps, stop
+                                                  #   after N consecutive ones
     param_group1: GroupConfig = _group(1, (20, 30, 40, 45), {"BB": 1.0})
     param_group2: GroupConfig = _group(21, (30, 40, 45), {"CA": 1.0, "DE": 0.1})
     param_group3: GroupConfig = _group(31, (40, 45), {"MO": 1.0, "DE": 0.1})
@@ -141,7 +143,7 @@ class OptimConfig:
             _fail("betas", f"must lie in [0, 1), got {list(self.betas)}")
         if not self.eps > 0:
             _fail("eps", f"must be > 0, got {self.eps}")
-        _non_negative(self, "weight_decay")
+        _non_negative(self, "weight_decay", "skip_nonfinite")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             _fail("clip_grad_norm", f"must be > 0 or null, got {self.clip_grad_norm}")
         starts = [g.st_epoch for _, g in self.groups]

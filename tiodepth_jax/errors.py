@@ -34,6 +34,10 @@ class InputExistsError(UserError, FileExistsError):
     """An output path that exists and must not be overwritten."""
 
 
+class NonFiniteError(UserError, FloatingPointError):
+    """Training produced a non-finite loss or state: a diverged run rather than a bug in the program."""
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is when a message is emitted (test capture, redirections)."""
 

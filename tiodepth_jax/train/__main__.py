@@ -27,7 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return ap.parse_intermixed_args(argv)
 
 
-def train(args: argparse.Namespace) -> None:
+def train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     initialize(cfg.mesh)
     setup_logging(jax.process_index())
@@ -36,6 +36,7 @@ def train(args: argparse.Namespace) -> None:
     trainer = Trainer(cfg)
     (trainer.workdir / "config.yaml").write_text(cfg.to_yaml())
     trainer.run(resume=args.resume)
+    return 128 + trainer.stopped_by if trainer.stopped_by else 0  # 143 after SIGTERM, 130 after SIGINT
 
 
 def main(argv=None) -> int:

@@ -6,8 +6,12 @@ Per epoch e (1-based) the active groups and their learning-rate factors follow t
 one compiled step exists per active-group set. The batches come from a grain pipeline
 (tiodepth_jax.data.pipeline): the order of epoch e is a permutation drawn from (seed, e) and each sample's
 augmentation from (seed, e, position), so a run resumed from a checkpoint (which records the epoch and the
-grain iterator's state) sees exactly the batches an uninterrupted run would. Every
-step's losses are appended to <workdir>/losses.jsonl (rewound to the checkpoint on resume).
+grain iterator's state) sees exactly the batches an uninterrupted run would.
+
+The loop waits for the device only at logging steps and before a save: the steps' metrics stay on the device
+until then, and are then appended to <workdir>/losses.jsonl (every step's, rewound to the checkpoint on
+resume) and checked. A non-finite step stops the run, or is undone (`optim.skip_nonfinite`), and is never
+saved; SIGTERM / SIGINT save and stop (train/preemption.py); one run holds the workdir (train/lock.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -30,7 +36,7 @@ from tiodepth_jax.config import ConfigError, TrainConfig
 from tiodepth_jax.data.augment import eval_sample
 from tiodepth_jax.data.pipeline import RecordSamples, SyntheticSamples, check_batch_size, epoch_batches, open_source
 from tiodepth_jax.data.synthetic import SceneConfig, SyntheticStereo
-from tiodepth_jax.errors import InputError, InputExistsError, InputNotFoundError
+from tiodepth_jax.errors import InputError, InputExistsError, InputNotFoundError, NonFiniteError
 from tiodepth_jax.evaluate import MetricOptions, evaluate_prediction
 from tiodepth_jax.inference import DEPTH_KEYS, Jitted, predict_outputs
 from tiodepth_jax.losses import TRAINING_LOSSES, terms_from_config
@@ -40,7 +46,9 @@ from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
 from tiodepth_jax.train.checkpointing import TrainCheckpoints
 from tiodepth_jax.train.optim import active_groups, lr_factors, optimizer
 from tiodepth_jax.train.sharding import batch_sharding, make_mesh, replicated, state_shardings
-from tiodepth_jax.train.step import init_state, make_step
+from tiodepth_jax.train.lock import WorkdirLock
+from tiodepth_jax.train.preemption import StopSignals
+from tiodepth_jax.train.step import guard_nonfinite, init_state, make_step
 from tiodepth_jax.train.summary import SummaryWriter
 
 LOWER_IS_BETTER = {"abs_rel": 1, "sq_rel": 1, "rmse": 1, "rmse_log": 1, "a1": -1, "a2": -1, "a3": -1}
@@ -121,13 +129,20 @@ def rewind_loss_log(log: Path, global_step: int) -> None:
     log.write_text("".join(ln + "\n" for ln in kept))
 
 
+def _nonfinite_terms(entry: dict) -> str:
+    """The loss terms of a losses.jsonl entry that are not finite (or the state, when the losses are)."""
+    terms = [k for k, v in entry.items() if isinstance(v, float) and not np.isfinite(v)]
+    return ", ".join(terms) if terms else "parameters or statistics after the update (the losses are finite)"
+
+
 def to_global(batch: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
 class Trainer:
     """A training run of `cfg`. Everything that can fail on the user's input (data, checkpoints to start
-    from, mesh) is checked before anything is written: a failing `Trainer(cfg)` leaves no workdir behind."""
+    from, mesh, a workdir held by another run) is checked before anything is written: a failing `Trainer(cfg)`
+    leaves no workdir behind. The workdir is held (train/lock.py) from here until `close()` (`run` closes)."""
 
     def __init__(self, cfg: TrainConfig, mesh=None):
         self.cfg = cfg
@@ -140,16 +155,31 @@ class Trainer:
         self.train_ds, self.val_ds = train_samples(cfg), val_set(cfg) if cfg.val.every_n_epochs else None
         check_batch_size(len(self.train_ds), cfg.batch_size, jax.process_count())
         self.batch_sharding = batch_sharding(self.mesh)
-        self._build_state()
+        self.workdir = Path(cfg.workdir)
+        created = not self.workdir.exists()
+        self.lock = WorkdirLock(self.workdir)
+        if jax.process_index() == 0:  # a second run is refused before any work, and before the checkpoint
+            self.workdir.mkdir(parents=True, exist_ok=True)  # manager, which removes unfinished saves it finds
+            self.lock.acquire()
+        try:
+            self._build_state()
+        except BaseException:
+            self.lock.release()
+            if created and jax.process_index() == 0:
+                shutil.rmtree(self.workdir)
+            raise
         self._steps: dict = {}
         self._forward = None  # the jitted evaluation forward (validation and image summaries)
-        self.workdir = Path(cfg.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = TrainCheckpoints(cfg.checkpoint_dir, keep=cfg.checkpoint.keep or 1_000_000,
                                             keep_best=cfg.checkpoint.keep_best,
                                             async_save=cfg.checkpoint.async_save, config=cfg.to_dict())
         self.writer = SummaryWriter(cfg.log_dir, enabled=cfg.logging.tensorboard and jax.process_index() == 0)
         self.val_reference: dict | None = None
+        self._pending: list = []  # (global step, epoch, metrics on the device) of the steps not yet logged
+        self._nonfinite_in_a_row = 0
+        self._bar = None  # the epoch's progress bar
+        self.stopped_by = 0
 
     # ----- model and state -------------------------------------------------------------------------------
 
@@ -202,7 +232,7 @@ class Trainer:
                              self.tx)
             rep = replicated(self.mesh)
             self._steps[active] = jax.jit(
-                step, in_shardings=(self.state_sharding, rep, self.batch_sharding, rep),
+                guard_nonfinite(step, undo=self.cfg.optim.skip_nonfinite > 0), in_shardings=(self.state_sharding, rep, self.batch_sharding, rep),
                 out_shardings=(self.state_sharding, rep), donate_argnums=(0,))
         return self._steps[active]
 
@@ -213,24 +243,39 @@ class Trainer:
     # ----- the run ---------------------------------------------------------------------------------------
 
     def run(self, resume: bool = False) -> dict:
+        """Train to `epochs`; returns the last validation. `stopped_by` is the signal that stopped it, or 0."""
+        try:
+            with StopSignals(self.batch_sharding) as stop:
+                return self._run(resume, stop)
+        finally:
+            if self._bar is not None:
+                self._bar.close()  # ends its line: a message that follows starts on its own
+            self.close()
+
+    def _start(self, resume: bool) -> tuple[int, int, int, dict | None]:
+        """(epoch, batch in epoch, global step, data-iterator state) to start from: a checkpoint or the beginning."""
         cfg = self.cfg
-        epoch, start_step, global_step, data_state = 1, 0, 0, None
         latest = self.checkpoints.latest_step()
-        if latest is not None and (resume or cfg.checkpoint.resume):
-            self.state, meta = self.checkpoints.restore(self.state)
-            epoch, start_step, global_step = meta["epoch"], meta["step_in_epoch"], meta["global_step"]
-            data_state = meta.get("data_iterator")
-            self.val_reference = meta.get("val_reference")
-            if epoch > cfg.epochs:
-                log.info(f"{cfg.checkpoint_dir} step {latest}: the run already completed its {cfg.epochs} epochs; "
-                         "nothing to do (raise `epochs` to train on)")
-            else:
-                log.info(f"resumed from {cfg.checkpoint_dir} step {latest}: epoch {epoch}, batch {start_step}")
-        elif resume:
-            raise InputNotFoundError(f"--resume: no checkpoint in {cfg.checkpoint_dir}")
-        elif latest is not None:
+        if latest is None:
+            if resume:
+                raise InputNotFoundError(f"--resume: no checkpoint in {cfg.checkpoint_dir}")
+            return 1, 0, 0, None
+        if not (resume or cfg.checkpoint.resume):
             raise InputExistsError(f"{cfg.checkpoint_dir} already holds checkpoints; pass --resume to continue "
-                                  "that run or choose another workdir")
+                                   "that run or choose another workdir")
+        self.state, meta = self.checkpoints.restore(self.state)
+        self.val_reference = meta.get("val_reference")
+        epoch = meta["epoch"]
+        if epoch > cfg.epochs:
+            log.info(f"{cfg.checkpoint_dir} step {latest}: the run already completed its {cfg.epochs} epochs; "
+                     "nothing to do (raise `epochs` to train on)")
+        else:
+            log.info(f"resumed from {cfg.checkpoint_dir} step {latest}: epoch {epoch}, batch {meta['step_in_epoch']}")
+        return epoch, meta["step_in_epoch"], meta["global_step"], meta.get("data_iterator")
+
+    def _run(self, resume: bool, stop: StopSignals) -> dict:
+        cfg = self.cfg
+        epoch, start_step, global_step, data_state = self._start(resume)
         if jax.process_index() == 0:
             rewind_loss_log(self._loss_log(), global_step)
         last_val = {}
@@ -246,37 +291,56 @@ class Trainer:
             if data_state is not None:
                 data.set_state(data_state)
                 data_state = None
-            bar = tqdm(range(start_step, n_steps), desc=f"epoch {epoch}/{cfg.epochs}", initial=start_step,
-                       total=n_steps, disable=jax.process_index() != 0)
-            for i in bar:
-                t0 = time.perf_counter()
+            self._bar = tqdm(total=n_steps, initial=start_step, desc=f"epoch {epoch}/{cfg.epochs}",
+                             disable=jax.process_index() != 0)
+            self._since = time.perf_counter()  # images / s over the steps between two flushes
+            for i in range(start_step, n_steps):
                 batch = to_global(next(data), self.batch_sharding)
                 self.state, metrics = step(self.state, self.vgg_params, batch, factors)
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 global_step += 1
-                if not np.isfinite(metrics["loss"]):
-                    self._save(epoch, i + 1, global_step, metrics, data.get_state())
-                    raise FloatingPointError(f"loss is {metrics['loss']} at epoch {epoch} batch {i}; state saved")
-                ips = cfg.batch_size / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{ips:.2f}")
-                self._log_step(global_step, epoch, metrics, ips, factors)
+                if self._pending:  # at most two steps in flight: the host never runs far ahead of the device
+                    self._pending[-1][2]["finite"].block_until_ready()
+                self._pending.append((global_step, epoch, metrics))
+                self._bar.update(1)
+                self.stopped_by = stop.poll()
+                last = i + 1 == n_steps  # the end-of-epoch save (if any) takes the epoch's last step
+                periodic_save = (cfg.checkpoint.every_n_steps and global_step % cfg.checkpoint.every_n_steps == 0
+                                 and not (last and (epoch_save or self.stopped_by)))
+                if last or (cfg.logging.every_n_steps and global_step % cfg.logging.every_n_steps == 0):
+                    self._flush(factors)
                 if cfg.logging.image_every_n_steps and global_step % cfg.logging.image_every_n_steps == 0:
                     self._log_images(global_step, batch)
-                if (cfg.checkpoint.every_n_steps and global_step % cfg.checkpoint.every_n_steps == 0
-                        and not (i + 1 == n_steps and epoch_save)):  # the end-of-epoch save takes that step
-                    self._save(epoch, i + 1, global_step, metrics, data.get_state())
-            start_step = 0
-            if cfg.val.every_n_epochs and epoch % cfg.val.every_n_epochs == 0:
-                last_val = self.validate(epoch, global_step)
-            epoch += 1
-            if epoch_save:
-                self._save(epoch, 0, global_step, last_val, None)
-        self.checkpoints.close()
-        self.writer.close()
+                if periodic_save or (self.stopped_by and not last):
+                    self._save(epoch, i + 1, global_step, {}, data.get_state(), factors)
+                if self.stopped_by:
+                    break
+            self._bar.close()
+            if not (self.stopped_by and not last):  # the epoch is complete
+                start_step = 0
+                if cfg.val.every_n_epochs and epoch % cfg.val.every_n_epochs == 0:
+                    last_val = self.validate(epoch, global_step)
+                epoch += 1
+                if epoch_save or self.stopped_by:
+                    self._save(epoch, 0, global_step, last_val, None, factors)
+            if self.stopped_by:
+                log.warning(f"stopped by {signal.Signals(self.stopped_by).name} after step {global_step}: "
+                            f"checkpoint step {global_step} is in {cfg.checkpoint_dir}; --resume continues from there")
+                return last_val
         return last_val
 
-    def _save(self, epoch: int, step_in_epoch: int, global_step: int, metrics: dict, data_state: dict | None):
-        """Checkpoint the state; ``data_state`` is the epoch's grain iterator state (None at an epoch boundary)."""
+    def close(self) -> None:
+        """Wait for the checkpoint being written, close the logs and release the workdir."""
+        try:
+            self.checkpoints.close()
+            self.writer.close()
+        finally:
+            self.lock.release()
+
+    def _save(self, epoch: int, step_in_epoch: int, global_step: int, metrics: dict, data_state: dict | None,
+              factors: dict):
+        """Checkpoint the state, after logging and checking every step up to it (a state that is not finite is
+        never saved); ``data_state`` is the epoch's grain iterator state (None at an epoch boundary)."""
+        self._flush(factors)
         meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "seed": self.cfg.seed,
                 "data_iterator": data_state, "val_reference": self.val_reference}
         self.checkpoints.save(global_step, self.state, meta, {k: v for k, v in metrics.items() if k == BEST_KEY})
@@ -286,17 +350,60 @@ class Trainer:
     def _loss_log(self) -> Path:
         return self.workdir / "losses.jsonl"
 
-    def _log_step(self, global_step, epoch, metrics, ips, factors):
-        if jax.process_index() != 0:
+    def _flush(self, factors: dict) -> None:
+        """Bring the metrics of the steps since the last flush to the host (one transfer), append them to
+        losses.jsonl, write the logging steps' scalars, and stop on a non-finite step (optim.skip_nonfinite)."""
+        if not self._pending:
             return
+        pending, self._pending = self._pending, []
+        skip = self.cfg.optim.skip_nonfinite
+        entries, undone, failure = [], [], None
+        for (global_step, epoch, _), values in zip(pending, jax.device_get([m for *_, m in pending])):
+            finite = bool(values.pop("finite"))
+            entry = {"step": global_step, "epoch": epoch, **{k: float(v) for k, v in values.items()}}
+            self._nonfinite_in_a_row = 0 if finite else self._nonfinite_in_a_row + 1
+            if not finite and skip:
+                entry["skipped"] = True
+            entries.append(entry)
+            if not finite and failure is None:
+                if self._nonfinite_in_a_row >= max(skip, 1):
+                    failure = entry
+                else:
+                    undone.append((entry, self._nonfinite_in_a_row))
+        now = time.perf_counter()
+        ips = len(pending) * self.cfg.batch_size / max(now - self._since, 1e-9)
+        self._since = now
+        if jax.process_index() == 0:
+            self._write_entries(entries, ips, factors)
+        for entry, streak in undone:
+            log.warning(f"step {entry['step']}: non-finite {_nonfinite_terms(entry)}; step undone ({streak} in a "
+                        f"row, optim.skip_nonfinite={skip})")
+        if failure is not None:
+            raise self._nonfinite_error(failure)
+
+    def _write_entries(self, entries: list[dict], ips: float, factors: dict) -> None:
         with self._loss_log().open("a") as f:
-            f.write(json.dumps({"step": global_step, "epoch": epoch, **metrics}) + "\n")
+            f.writelines(json.dumps(e) + "\n" for e in entries)
             f.flush()
             os.fsync(f.fileno())
-        if self.cfg.logging.every_n_steps and global_step % self.cfg.logging.every_n_steps == 0:
-            self.writer.scalars({f"train/{k}": v for k, v in metrics.items()}, global_step)
-            self.writer.scalars({f"lr/{name}": g.lr * float(factors[name]) for name, g in self.groups}, global_step)
-            self.writer.scalar("train/images_per_second", ips, global_step)
+        last = entries[-1]
+        self._bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.2f}")
+        every = self.cfg.logging.every_n_steps
+        for e in entries:  # non-finite steps are in losses.jsonl and in the message about them
+            if every and e["step"] % every == 0 and np.isfinite(e["loss"]) and not e.get("skipped"):
+                values = {k: v for k, v in e.items() if k not in ("step", "epoch", "skipped")}
+                self.writer.scalars({f"train/{k}": v for k, v in values.items()}, e["step"])
+                self.writer.scalars({f"lr/{name}": g.lr * float(factors[name]) for name, g in self.groups}, e["step"])
+                self.writer.scalar("train/images_per_second", ips, e["step"])
+
+    def _nonfinite_error(self, entry: dict) -> NonFiniteError:
+        latest = self.checkpoints.latest_step()
+        good = (f"the last good checkpoint is step {latest} in {self.cfg.checkpoint_dir}: --resume continues from it"
+                if latest is not None else "no checkpoint was written before it")
+        skip = self.cfg.optim.skip_nonfinite
+        streak = f" ({skip} steps in a row, optim.skip_nonfinite={skip})" if skip else ""
+        return NonFiniteError(f"non-finite {_nonfinite_terms(entry)} at step {entry['step']}, epoch {entry['epoch']}"
+                              f"{streak}; nothing from it was saved, {good}")
 
     # ----- validation ------------------------------------------------------------------------------------
 

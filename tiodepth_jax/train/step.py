@@ -3,6 +3,7 @@
     state = init_state(model, groups, frozen, tx)          # params, BatchNorm stats, one optimiser per group
     step = make_step(graphdef, vgg_graphdef, groups, active, loss_terms, frozen, tx)
     state, metrics = step(state, vgg_params, batch, lr_factors)   # jit it with shardings (train/sharding.py)
+    step = guard_nonfinite(step, undo=False)                       # + metrics['finite']
 
 The active groups run in order; group k's forward runs path k (Mono, Stereo, Refine) with the
 parameters the previous group just updated, differentiates its own loss with respect to its own
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from tiodepth_jax.losses import evaluate_terms
@@ -77,3 +79,22 @@ def make_step(graphdef, vgg_graphdef, groups: Groups, active: tuple[str, ...], l
 
     return step
 
+
+
+def all_finite(tree) -> jax.Array:
+    """True where every floating-point value of `tree` is finite (one fused reduction on the device)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def guard_nonfinite(step: Callable, undo: bool) -> Callable:
+    """`step` with metrics['finite']: every loss and every value of the new state (parameters, BatchNorm
+    statistics, optimiser moments) is finite. With `undo` (optim.skip_nonfinite), a step that is not finite
+    returns the state it was given, so that nothing non-finite ever enters the state."""
+    def guarded(state: dict, vgg_params, batch: dict, lr_factors: dict):
+        new, metrics = step(state, vgg_params, batch, lr_factors)
+        finite = all_finite((metrics, new))
+        if undo:
+            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        return new, {**metrics, "finite": finite}
+    return guarded
