@@ -34,6 +34,15 @@ class InputExistsError(UserError, FileExistsError):
     """An output path that exists and must not be overwritten."""
 
 
+class StorageError(UserError, OSError):
+    """A write the storage refused (disk full, over quota, permission denied, read-only): not a bug, so one
+    line without a traceback; still an `OSError` with its `errno`, for a caller that tells ENOSPC apart."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is when a message is emitted (test capture, redirections)."""
 
