@@ -67,23 +67,31 @@ _DROP_STORAGE_FAILURES = _DropStorageFailures()
 
 def _run_sync_and_drain(coro):
     """orbax's `asyncio_utils._run_sync_via_new_loop`, except that a failing coroutine's leftover tasks are
-    cancelled and awaited before the loop closes. One failed array write ends orbax's `asyncio.gather` of all
-    of them; closing the loop over the others makes asyncio log each one as "Task exception was never
-    retrieved" (with its traceback) and TensorStore's completions print "Event loop is closed" tracebacks."""
+    awaited before the loop closes. One failed array write ends orbax's `asyncio.gather` of all of them;
+    closing the loop over the others made asyncio log each as "Task exception was never retrieved" (with its
+    traceback) and TensorStore's completions print "Event loop is closed" tracebacks."""
     loop = asyncio.new_event_loop()
     try:
         asyncio.set_event_loop(loop)
         try:
             return loop.run_until_complete(coro)
         except BaseException:
-            left = asyncio.all_tasks(loop)
-            for task in left:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            loop.run_until_complete(_settle(asyncio.all_tasks(loop)))
             raise
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+
+
+async def _settle(tasks: set[asyncio.Task], timeout_s: float = 60) -> None:
+    """Let `tasks` finish and retrieve their exceptions. They are not cancelled at once: a cancelled task
+    leaves its TensorStore write running, which calls back into the loop when it ends; only those still
+    running after `timeout_s` are."""
+    if tasks:
+        _, running = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 asyncio_utils._run_sync_via_new_loop = _run_sync_and_drain
