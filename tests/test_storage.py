@@ -27,9 +27,17 @@ from tiodepth_jax.train.checkpointing import TrainCheckpoints, storage_errno
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "storage_fault.py"
-# how each fault is made: on a tmpfs of its own, else by a writer that raises the OSError
-REAL = {"full": errno.ENOSPC, "readonly": errno.EROFS}
-SIMULATED = {"full": "ENOSPC", "readonly": "EACCES"}
+# the errno each fault of the script fails with
+ERRNOS = {"full": errno.ENOSPC, "readonly": errno.EROFS, "ENOSPC": errno.ENOSPC, "EACCES": errno.EACCES}
+SIMULATED = {"full": "ENOSPC", "readonly": "EACCES"}  # the faults that need a tmpfs, and what stands in
+CASES = [
+    ("async", "full"),      # step 2 fails in the background; the save of step 3 raises it
+    ("sync", "full"),       # the save of step 2 raises
+    ("async", "readonly"),  # the save of step 2 raises: it creates the step directory itself
+    # a write refused while others are in flight, every time (a real disk fills up at any moment): orbax
+    # then closed its event loop over the running writes, which flooded stderr
+    ("async", "ENOSPC"),
+]
 
 
 @functools.cache
@@ -42,39 +50,52 @@ def can_mount_tmpfs() -> bool:
         return subprocess.run(probe, capture_output=True).returncode == 0
 
 
-def run_child(tmp_path: Path, mode: str, fault: str) -> tuple[subprocess.CompletedProcess, Path, int]:
-    """Run the script for `fault` ('full' or 'readonly'); returns the process, its checkpoint directory and
-    the errno the save must fail with."""
-    mount = tmp_path / "fs"
-    mount.mkdir()
-    directory = mount / "ckpt"
-    command = [sys.executable, str(SCRIPT), str(directory), mode]
-    if can_mount_tmpfs():
+def fault_here(fault: str) -> str:
+    """`fault`, or the OSError the writer raises instead where no tmpfs can be mounted."""
+    return SIMULATED[fault] if fault in SIMULATED and not can_mount_tmpfs() else fault
+
+
+def start_child(mount: Path, mode: str, fault: str) -> subprocess.Popen:
+    """The script saving into `mount`/ckpt, on a 1 MiB tmpfs mounted there for 'full' and 'readonly'."""
+    command = [sys.executable, str(SCRIPT), str(mount / "ckpt"), mode, fault]
+    if fault in SIMULATED:
         command = ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"', str(mount),
-                   *command, fault]
-        code = REAL[fault]
-    else:
-        command.append(SIMULATED[fault])
-        code = getattr(errno, SIMULATED[fault])
+                   *command]
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env), directory, code
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-@pytest.mark.parametrize("mode, fault", [
-    ("async", "full"),      # step 2 fails in the background; the save of step 3 raises it
-    ("sync", "full"),       # the save of step 2 raises
-    ("async", "readonly"),  # the save of step 2 raises: it creates the step directory itself
-])
-def test_a_refused_save_is_one_error_line(tmp_path, mode, fault):
-    proc, directory, code = run_child(tmp_path, mode, fault)
+def finish(proc: subprocess.Popen) -> tuple[str, str]:
+    """stdout and stderr of `proc`; a child that hangs is killed."""
+    try:
+        return proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def children(tmp_path_factory) -> dict:
+    """(directory, process, stdout, stderr) of each case, the children run at once: each spends most of its
+    time importing JAX."""
+    started = {}
+    for mode, fault in CASES:
+        mount = tmp_path_factory.mktemp(f"{mode}-{fault}")
+        started[mode, fault] = mount / "ckpt", start_child(mount, mode, fault_here(fault))
+    return {case: (directory, proc, *finish(proc)) for case, (directory, proc) in started.items()}
+
+
+@pytest.mark.parametrize("mode, fault", CASES)
+def test_a_refused_save_is_one_error_line(children, mode, fault):
+    directory, proc, stdout, stderr = children[mode, fault]
+    code = ERRNOS[fault_here(fault)]
     expected = (f"error: checkpoint step 2 could not be written to {directory}: [Errno {code}] {os.strerror(code)}; "
                 "the earlier checkpoint (step 1) is intact")
-    assert proc.stderr.splitlines() == [expected], proc.stderr[-5000:]
+    assert stderr.splitlines() == [expected], stderr[-5000:]
     assert proc.returncode == 2
     # a fresh TrainCheckpoints restores step 1 as written; the partial step 2 is gone
-    assert json.loads(proc.stdout.splitlines()[-1]) == {"latest": 1, "meta": {"step": 1}, "same_values": True,
-                                                        "entries": ["1", "metadata"]}
+    assert json.loads(stdout.splitlines()[-1]) == {"latest": 1, "meta": {"step": 1}, "same_values": True,
+                                                   "entries": ["1", "metadata"]}
 
 
 def tiny_state(step: int) -> dict:

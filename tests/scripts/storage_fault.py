@@ -11,13 +11,13 @@ FAULT is how the save of step 2 fails:
 """
 
 import errno
+import itertools
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from orbax.checkpoint._src.serialization import serialization
@@ -37,7 +37,7 @@ def refuse_writes(code: int) -> None:
     """Make orbax's lowest Python-level array writer fail with `code` on every other array, the others
     writing for real: a failure amid writes in flight, as on a disk that fills up."""
     write = serialization.async_serialize_from_host
-    calls = iter(range(10**9))
+    calls = itertools.count()
 
     async def failing(*args, **kwargs):
         if next(calls) % 2:
@@ -67,13 +67,14 @@ def save_until_failure(directory: Path, async_save: bool, fault: str) -> None:
 
 
 def restored(directory: Path) -> dict:
-    """What a fresh `TrainCheckpoints` on `directory` restores."""
+    """What `directory` holds (listed first: a new manager removes temporary directories) and what a fresh
+    `TrainCheckpoints` on it restores."""
+    entries = sorted(p.name for p in directory.iterdir())
     checkpoints = TrainCheckpoints(directory, async_save=False)
     expected = state(1)
     values, meta = checkpoints.restore(expected)
     same = all(np.array_equal(np.asarray(values[k]), np.asarray(v)) for k, v in expected.items())
-    return {"latest": checkpoints.latest_step(), "meta": meta, "same_values": same,
-            "entries": sorted(p.name for p in directory.iterdir())}
+    return {"latest": checkpoints.latest_step(), "meta": meta, "same_values": same, "entries": entries}
 
 
 def main() -> int:
