@@ -38,6 +38,15 @@ class NonFiniteError(UserError, FloatingPointError):
     """Training produced a non-finite loss or state: a diverged run rather than a bug in the program."""
 
 
+class StorageError(UserError, OSError):
+    """A write the storage refused (disk full, over quota, permission denied, read-only): not a bug, so one
+    line without a traceback; still an `OSError` with its `errno`, for a caller that tells ENOSPC apart."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever `sys.stderr` is when a message is emitted (test capture, redirections)."""
 

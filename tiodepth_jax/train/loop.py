@@ -36,14 +36,14 @@ from tiodepth_jax.config import ConfigError, TrainConfig
 from tiodepth_jax.data.augment import eval_sample
 from tiodepth_jax.data.pipeline import RecordSamples, SyntheticSamples, check_batch_size, epoch_batches, open_source
 from tiodepth_jax.data.synthetic import SceneConfig, SyntheticStereo
-from tiodepth_jax.errors import InputError, InputExistsError, InputNotFoundError, NonFiniteError
+from tiodepth_jax.errors import InputError, InputExistsError, InputNotFoundError, NonFiniteError, StorageError
 from tiodepth_jax.evaluate import MetricOptions, evaluate_prediction
 from tiodepth_jax.inference import DEPTH_KEYS, Jitted, predict_outputs
 from tiodepth_jax.losses import TRAINING_LOSSES, terms_from_config
 from tiodepth_jax.metrics import depth_metrics, mean_metrics
 from tiodepth_jax.models.tiodepth import TiODepth
 from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
-from tiodepth_jax.train.checkpointing import TrainCheckpoints
+from tiodepth_jax.train.checkpointing import STORAGE_ERRNOS, TrainCheckpoints
 from tiodepth_jax.train.optim import active_groups, lr_factors, optimizer
 from tiodepth_jax.train.sharding import batch_sharding, make_mesh, replicated, state_shardings
 from tiodepth_jax.train.lock import WorkdirLock
@@ -382,10 +382,16 @@ class Trainer:
             raise self._nonfinite_error(failure)
 
     def _write_entries(self, entries: list[dict], ips: float, factors: dict) -> None:
-        with self._loss_log().open("a") as f:
-            f.writelines(json.dumps(e) + "\n" for e in entries)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with self._loss_log().open("a") as f:
+                f.writelines(json.dumps(e) + "\n" for e in entries)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if e.errno not in STORAGE_ERRNOS:
+                raise
+            raise StorageError(f"could not append to {self._loss_log()}: [Errno {e.errno}] {e.strerror}; the "
+                               "checkpoints are intact and --resume repairs the log", e.errno) from None
         last = entries[-1]
         self._bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{ips:.2f}")
         every = self.cfg.logging.every_n_steps
