@@ -20,7 +20,7 @@ TRAIN = ["-m", "tiodepth_jax.train", "--config", "configs/demo.yaml", *TINY]
 # persistent compilation cache; the 2 processes use the cache too (process 0 writes it).
 MONO = ["optim.param_group2={st_epoch: 3, milestones: [3]}", "epochs=2",
         "losses.param_group1={photo: {kind: photo, pred: mono_disproj_img_s_0_o, target: color_s_aug, rate: 1}}"]
-PEER_TIMEOUT = 10
+PEER_TIMEOUT = 15
 
 
 def free_port() -> int:

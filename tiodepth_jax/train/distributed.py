@@ -8,14 +8,15 @@ What JAX leaves to the caller, and what `initialize` does about it:
 
 * A coordinator that cannot be reached makes JAX's client abort the process after its join timeout (no
   exception, a message about "another task"), a coordinator port in use may crash process 0, and a process
-  count that is neither set nor detected stops with JAX's "Number of processes must be defined". All three
-  are checked first and become one-line `UserError`s that name the address or the keys to set.
+  count that is neither set nor detected stops with JAX's "Number of processes must be defined". Each is a
+  one-line `UserError` that names the address or the keys to set (the first two checked before JAX runs).
 * On CPU, collectives between processes go through gloo. The first collective on a set of devices waits
   only 30 s (fixed in XLA) for every process to arrive; processes that reach it further apart fail, as when
-  one loads its programs from the persistent compilation cache (JAX_COMPILATION_CACHE_DIR) and another
-  compiles them (only process 0 writes entries, so another process's single-device programs always
-  compile). One collective right after joining, while the processes are in step, connects them; later
-  collectives wait for each other up to 30 minutes. With that the cache works with several processes.
+  process 0 loads its programs from the persistent compilation cache (JAX_COMPILATION_CACHE_DIR) and the
+  others compile them: only process 0 writes entries, and on CPU a program's cache key differs between
+  processes, so the others never find one. One collective right after joining, while the processes are in
+  step, connects them; later collectives wait for each other up to 30 minutes. With that the cache works
+  with several processes: process 0 loads its programs, and waits for the others to compile theirs.
 * A lost process: JAX's heartbeats declare it dead after `mesh.peer_timeout` seconds and end the others
   (their last message: "another task died"); a process that ends, normally or on an error, waits as long
   at most for the others to end too.
