@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from tests.test_train import TINY, run
+from tests.test_train import REPO, TINY, run
 
 TRAIN = ["-m", "tiodepth_jax.train", "--config", "configs/demo.yaml", *TINY]
 # Two epochs of the Mono stage only (group 2 would start in epoch 3) with its photometric loss only: one step
@@ -121,3 +122,11 @@ def test_launch_errors_are_one_line(tmp_path):
             assert p.returncode == 2 and len(errors) == 1 and message in errors[0], out
             assert "Traceback" not in out
     assert not tmp_path.joinpath("checkpoints").exists()
+
+
+def test_launch_keys_are_checked():
+    from tiodepth_jax.config import ConfigError, load_config
+    for override, message in [("mesh.coordinator_address=host0", "mesh.coordinator_address: must be 'host:port'"),
+                              ("mesh.peer_timeout=0", "mesh.peer_timeout: must be >= 1 second")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(REPO / "configs" / "demo.yaml", [override])
