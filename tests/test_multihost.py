@@ -88,7 +88,7 @@ def test_slurm_variables_are_detected(tmp_path):
     port = free_port()
     procs = [run([*TRAIN, "mesh.distributed=true", "batch_size=3", f"workdir={tmp_path}"],
                  env=dict(SLURM_JOB_ID="1", SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
-                                SLURM_PROCID=str(i), SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=str(port)))
+                          SLURM_PROCID=str(i), SLURM_LOCALID=str(i), JAX_COORDINATOR_PORT=str(port)))
              for i in range(2)]
     for p in procs:
         out, _ = p.communicate(timeout=300)
