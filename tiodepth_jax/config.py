@@ -250,6 +250,7 @@ class MeshConfig:
     coordinator_address: str | None = None        # 'host:port' of process 0; None = detected by JAX
     num_processes: int | None = None              # processes in the run; None = detected by JAX
     process_id: int | None = None                 # this process's rank; None = detected by JAX
+    peer_timeout: int = 60                        # seconds before a silent or departed process ends the others
 
     def __post_init__(self):
         for name in MESH_AXES:
@@ -262,6 +263,10 @@ class MeshConfig:
             _fail("num_processes", f"must be >= 1, got {self.num_processes}")
         if self.process_id is not None and not 0 <= self.process_id < (self.num_processes or self.process_id + 1):
             _fail("process_id", f"must lie in [0, num_processes={self.num_processes}), got {self.process_id}")
+        if self.coordinator_address is not None and not re.fullmatch(r".+:\d+", self.coordinator_address):
+            _fail("coordinator_address", f"must be 'host:port', got {self.coordinator_address!r}")
+        if self.peer_timeout < 1:
+            _fail("peer_timeout", f"must be >= 1 second, got {self.peer_timeout}")
         if self.distributed is False:
             for name in ("coordinator_address", "num_processes", "process_id"):
                 if getattr(self, name) is not None:

@@ -34,7 +34,8 @@ def train(args: argparse.Namespace) -> int:
     from tiodepth_jax.train.loop import Trainer  # after distributed initialisation
 
     trainer = Trainer(cfg)
-    (trainer.workdir / "config.yaml").write_text(cfg.to_yaml())
+    if jax.process_index() == 0:
+        (trainer.workdir / "config.yaml").write_text(cfg.to_yaml())
     trainer.run(resume=args.resume)
     return 128 + trainer.stopped_by if trainer.stopped_by else 0  # 143 after SIGTERM, 130 after SIGINT
 
