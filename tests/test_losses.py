@@ -431,3 +431,11 @@ def test_from_dict_forms_and_errors():
     assert yaml_form.params == {"gamma_rate": 1, "more_kernel": False, "gray_img": False, "relative_smo": False}
     assert hash(yaml_form) == hash(LossTerm.from_dict({"type": "SmoothLoss", "rate": 0.5,
                                                        "args": {"pred_n": "d", "image_n": "c"}}, name="s"))
+
+
+def test_terms_from_config_takes_a_list_of_flat_terms():
+    """The config's `losses.<group>` list form (flat terms with their names), as the mapping form."""
+    for terms in TRAINING_LOSSES.values():
+        flat = [{"name": t.name, "kind": t.kind, "pred": t.pred, "target": t.target, "rate": t.rate, "mask": t.mask,
+                 "params": dict(t.params)} for t in terms]
+        assert terms_from_config(flat) == terms

@@ -383,9 +383,13 @@ def _target_value(target):
     return target
 
 
-def terms_from_config(loss_terms: Mapping[str, Mapping[str, Any]]) -> tuple[LossTerm, ...]:
-    """A group's terms from a {name: term dict} mapping (the yaml's `loss_terms`), in order."""
-    return tuple(LossTerm.from_dict(v, name=k) for k, v in loss_terms.items())
+def terms_from_config(loss_terms: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]]
+                      ) -> tuple[LossTerm, ...]:
+    """A group's terms, in order, from a {name: term dict} mapping (the yaml's `loss_terms`) or a list of term
+    dicts (each with its `name`)."""
+    if isinstance(loss_terms, Mapping):
+        return tuple(LossTerm.from_dict(v, name=k) for k, v in loss_terms.items())
+    return tuple(LossTerm.from_dict(v) for v in loss_terms)
 
 
 def _photo(name, pred, target, rate, *, l1=0, l2=0, ssim_=0, mask=None):

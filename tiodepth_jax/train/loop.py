@@ -71,6 +71,19 @@ def train_samples(cfg: TrainConfig):
                          scale_range=d.scale_range, color_aug_prob=d.color_aug_prob)
 
 
+def loss_terms(cfg: TrainConfig) -> dict:
+    """Each group's loss terms: `cfg.losses` (a term that does not parse is named) or the original's table."""
+    if not cfg.losses:
+        return TRAINING_LOSSES
+    terms = {}
+    for group, entries in cfg.losses.items():
+        try:
+            terms[group] = terms_from_config(entries)
+        except ValueError as e:
+            raise ConfigError(f"losses.{group}: {e}") from None
+    return terms
+
+
 def val_set(cfg: TrainConfig):
     """The validation set: generated scenes at the validation size (SyntheticStereo) or a TFDS data source."""
     name, data_dir = cfg.val_dataset
@@ -150,8 +163,7 @@ class Trainer:
         self.groups = cfg.optim.groups
         self.frozen = cfg.model.frozen
         self.tx = optimizer(cfg.optim)
-        self.loss_terms = ({g: terms_from_config(t) for g, t in cfg.losses.items()} if cfg.losses
-                           else TRAINING_LOSSES)
+        self.loss_terms = loss_terms(cfg)
         self.train_ds, self.val_ds = train_samples(cfg), val_set(cfg) if cfg.val.every_n_epochs else None
         check_batch_size(len(self.train_ds), cfg.batch_size, jax.process_count())
         self.batch_sharding = batch_sharding(self.mesh)
