@@ -71,9 +71,8 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, source: dict | Non
     if path.exists():
         raise InputExistsError(f"refusing to overwrite existing checkpoint directory {path}")
     params = nnx.to_pure_dict(nnx.state(model, SAVED))
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(path / "params", params)
-    ckptr.wait_until_finished()
+    with ocp.StandardCheckpointer() as ckptr:  # close() waits for the write and releases orbax's worker threads
+        ckptr.save(path / "params", params)
     meta = {"format": FORMAT, "kind": model_kind(model), "config": model.cfg.to_dict(), "source": source or {}}
     (path / "model.json").write_text(json.dumps(meta, indent=1))
     return path
@@ -116,11 +115,12 @@ def load_model(path: str | os.PathLike, *, kind: str | None = None, dtype=jnp.fl
     abstract = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, remat=remat, rngs=nnx.Rngs(0)))
     graphdef, abs_params, rest = nnx.split(abstract, SAVED, ...)
     params_dir = Path(path).absolute() / "params"
-    try:
-        restored = ocp.StandardCheckpointer().restore(params_dir, nnx.to_pure_dict(abs_params))
-    except Exception as e:  # orbax raises many types for missing/truncated/mismatched files
-        raise InputError(f"could not read the parameters in {params_dir} "
-                         f"(truncated, or not written for this {meta['kind']} config): {e}") from e
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            restored = ckptr.restore(params_dir, nnx.to_pure_dict(abs_params))
+        except Exception as e:  # orbax raises many types for missing/truncated/mismatched files
+            raise InputError(f"could not read the parameters in {params_dir} "
+                             f"(truncated, or not written for this {meta['kind']} config): {e}") from e
     nnx.replace_by_pure_dict(abs_params, restored)
     return nnx.merge(graphdef, abs_params, rest)
 
