@@ -165,13 +165,22 @@ def test_load_model_errors(small_sd, tmp_path):
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
     with pytest.raises(ValueError, match="could not read the parameters"):
         load_model(out)
-    # A checkpoint whose config has twice the width of its parameters.
+    # A checkpoint whose config has twice the width of its parameters: refused from the stored shapes, before
+    # any array is read.
     meta_file = tmp_path / "ck2" / "model.json"
     save_model(tmp_path / "ck2", model)
     meta = json.loads(meta_file.read_text())
     meta["config"]["dinov2"]["embed_dim"] *= 2
     meta["config"]["dpt"]["in_channels"] *= 2
     meta_file.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="could not read the parameters"):
+    with pytest.raises(ValueError, match=r"not written for this depth_anything_v2 config: stored shapes differ: "
+                                         r"depth_head\.projects\.0\.kernel \(1, 1, \d+, \d+\) \(expected"):
+        load_model(tmp_path / "ck2")
+    # ... and one whose config names other parameters (a SwiGLU feed-forward instead of an MLP).
+    meta["config"]["dinov2"]["embed_dim"] //= 2
+    meta["config"]["dpt"]["in_channels"] //= 2
+    meta["config"]["dinov2"]["ffn"] = "swiglu"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"config: missing pretrained\.blocks\.mlp\."):
         load_model(tmp_path / "ck2")
     assert isinstance(model, nnx.Module)

@@ -61,6 +61,6 @@ def test_one_epoch_on_kitti_records_with_eigen_validation(tmp_path, kitti_data_d
         assert [step for step, *_ in images[tag]] == [2, 4], tag
     assert images["train/Mono/inverse_depth"][0][1:3] == (28, 56)  # the training crop
     assert [step for step, *_ in images["val/Mono/inverse_depth"]] == [5]
-    manager = run_manager(tmp_path / "checkpoints")
-    (step,) = manager.all_steps()
-    assert manager.metrics(step)[BEST_KEY] == -result["val/Refine/a1"]
+    with run_manager(tmp_path / "checkpoints") as manager:
+        (step,) = manager.all_steps()
+        assert manager.metrics(step)[BEST_KEY] == -result["val/Refine/a1"]

@@ -71,9 +71,8 @@ def save_model(path: str | os.PathLike, model: nnx.Module, *, source: dict | Non
     if path.exists():
         raise InputExistsError(f"refusing to overwrite existing checkpoint directory {path}")
     params = nnx.to_pure_dict(nnx.state(model, SAVED))
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(path / "params", params)
-    ckptr.wait_until_finished()
+    with ocp.StandardCheckpointer() as ckptr:  # close() waits for the write and releases orbax's worker threads
+        ckptr.save(path / "params", params)
     meta = {"format": FORMAT, "kind": model_kind(model), "config": model.cfg.to_dict(), "source": source or {}}
     (path / "model.json").write_text(json.dumps(meta, indent=1))
     return path
@@ -103,6 +102,27 @@ def _check_kind(path, found: str, kind: str | None) -> None:
         raise InputError(f"{path} holds a {found!r} model, not a {kind!r} model")
 
 
+def _mismatch(stored: dict, target: dict) -> str | None:
+    """What differs between the parameters a checkpoint holds (orbax's metadata tree) and those `target` (a pure
+    dict of abstract arrays) asks for: names missing on either side, then shapes; None if they agree."""
+    def flat(tree):
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {jax.tree_util.keystr(keys, simple=True, separator="."): leaf for keys, leaf in leaves}
+
+    def some(names):
+        names = sorted(names)
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    stored, target = flat(stored), flat(target)
+    if missing := target.keys() - stored.keys():
+        return f"missing {some(missing)}"
+    if extra := stored.keys() - target.keys():
+        return f"not in this model: {some(extra)}"
+    shapes = [f"{k} {tuple(stored[k].shape)} (expected {tuple(target[k].shape)})"
+              for k in target if tuple(stored[k].shape) != tuple(target[k].shape)]
+    return f"stored shapes differ: {some(shapes)}" if shapes else None
+
+
 def load_model(path: str | os.PathLike, *, kind: str | None = None, dtype=jnp.float32,
                remat: bool = False) -> nnx.Module:
     """Rebuild the model of the model directory `path`. `kind`, when given, is checked against it."""
@@ -116,11 +136,19 @@ def load_model(path: str | os.PathLike, *, kind: str | None = None, dtype=jnp.fl
     abstract = nnx.eval_shape(lambda: cls(cfg, dtype=dtype, remat=remat, rngs=nnx.Rngs(0)))
     graphdef, abs_params, rest = nnx.split(abstract, SAVED, ...)
     params_dir = Path(path).absolute() / "params"
-    try:
-        restored = ocp.StandardCheckpointer().restore(params_dir, nnx.to_pure_dict(abs_params))
-    except Exception as e:  # orbax raises many types for missing/truncated/mismatched files
-        raise InputError(f"could not read the parameters in {params_dir} "
-                         f"(truncated, or not written for this {meta['kind']} config): {e}") from e
+    target = nnx.to_pure_dict(abs_params)
+    with ocp.StandardCheckpointer() as ckptr:
+        try:
+            # Compare with the stored shapes before reading: a restore that fails on one array closes orbax's
+            # event loop with the reads of the others in flight, and each surfaces later, from the garbage
+            # collector, as an "Exception ignored in _read_array_index_and_device_put" with a whole TensorStore spec.
+            stored = ckptr.metadata(params_dir).item_metadata  # None when unreadable (then restore says why)
+            mismatch = stored is not None and _mismatch(stored.tree, target)
+            restored = None if mismatch else ckptr.restore(params_dir, target)
+        except Exception as e:  # orbax raises many types for missing/truncated files
+            raise InputError(f"could not read the parameters in {params_dir} (missing or truncated files): {e}") from e
+    if mismatch:
+        raise InputError(f"the parameters in {params_dir} were not written for this {meta['kind']} config: {mismatch}")
     nnx.replace_by_pure_dict(abs_params, restored)
     return nnx.merge(graphdef, abs_params, rest)
 
