@@ -1,8 +1,8 @@
 """Runs that meet faults lose no work: non-finite losses, SIGTERM / SIGINT / SIGKILL and --resume, a workdir
 held by another run, a truncated loss log, checkpoint saves the storage refuses.
 
-The training runs are the tiny config of test_train.py, 2 epochs of 3 steps, with faults injected at chosen
-global steps by tests/scripts/train_faulty.py; they share JAX's persistent compilation cache. Validation and
+The training runs are the tiny config of test_train.py, 2 epochs of 3 steps of the Mono stage with only its
+photometric loss (one small step program, as test_multihost.py), with faults injected at chosen global steps by tests/scripts/train_faulty.py; they share JAX's persistent compilation cache. Validation and
 checkpoint settings do not change the training losses, so every run is compared with one uninterrupted run.
 """
 
@@ -27,11 +27,12 @@ import numpy as np
 import pytest
 from orbax.checkpoint._src.serialization import serialization
 
+from tests.test_multihost import MONO
 from tests.test_train import REPO, TINY, run
 from tiodepth_jax.errors import StorageError
 from tiodepth_jax.train.checkpointing import TrainCheckpoints, storage_errno
 
-TRAIN = ["--config", "configs/demo.yaml", *TINY, "epochs=2", "checkpoint.async_save=true"]
+TRAIN = ["--config", "configs/demo.yaml", *TINY, *MONO, "checkpoint.async_save=true"]
 
 
 def train(workdir: Path, *args: str, faults: str | None = None, env: dict) -> tuple[int, str]:
@@ -57,7 +58,7 @@ def errors(out: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, compile_cache) -> list[dict]:
-    """The loss sequence of the uninterrupted run (6 steps: epoch 1 Mono, epoch 2 Mono + Stereo)."""
+    """The loss sequence of the uninterrupted run (6 steps)."""
     workdir = tmp_path_factory.mktemp("reference")
     code, out = train(workdir, env=compile_cache)
     assert code == 0, out[-3000:]
@@ -77,7 +78,7 @@ def test_a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoints(tmp_path,
     naming the step, the terms and the last good checkpoint; the best (step 3, validated) and the newest finite
     (step 4) remain; --resume continues from step 4 to the uninterrupted run's losses."""
     workdir = tmp_path / "run"
-    scored = ["val.every_n_epochs=1", "checkpoint.every_n_steps=1", "checkpoint.keep=1", "checkpoint.keep_best=true"]
+    scored = ["val.every_n_epochs=1", "val.modes=[Mono]", "checkpoint.every_n_steps=1", "checkpoint.keep=1", "checkpoint.keep_best=true"]
     code, out = train(workdir, *scored, faults="5:nan", env=compile_cache)
     assert code == 2, out[-3000:]
     [line] = errors(out)
@@ -118,11 +119,11 @@ def test_guard_nonfinite_returns_the_given_state():
         return new, {"loss": jnp.sum(new["params"])}
 
     state = {"params": jnp.ones(3), "batch_stats": jnp.zeros(2)}
+    guarded = jax.jit(guard_nonfinite(step))
     for undo in (False, True):
-        guarded = jax.jit(guard_nonfinite(step, undo=undo))
-        new, metrics = guarded(state, None, {"x": jnp.float32(2)}, {})
+        new, metrics = guarded(state, None, {"x": jnp.float32(2)}, {}, jnp.bool_(undo))
         assert bool(metrics["finite"]) and float(new["params"][0]) == 2
-        new, metrics = guarded(state, None, {"x": jnp.float32(np.inf) * 0}, {})
+        new, metrics = guarded(state, None, {"x": jnp.float32(np.inf) * 0}, {}, jnp.bool_(undo))
         assert not bool(metrics["finite"])
         assert bool(jnp.all(new["params"] == 1)) == undo and float(new["batch_stats"][0]) == (0 if undo else 1)
 

@@ -47,10 +47,8 @@ def finish(p, timeout=900) -> str:
     return out
 
 
-def test_two_processes_train_as_one_and_resume_in_one(tmp_path):
-    # The RBG generator initialises the model with a program that compiles in 1/3 of threefry's time (conftest).
-    env = {"JAX_DEFAULT_PRNG_IMPL": "unsafe_rbg", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+def test_two_processes_train_as_one_and_resume_in_one(tmp_path, compile_cache):
+    env = compile_cache
     one = run([*TRAIN, *MONO, f"workdir={tmp_path / 'one'}"], env=env)  # the reference, alongside
     # README's one-machine recipe; process 1 is SIGKILLed in epoch 2, once epoch 1's checkpoint is written
     port, workdir = free_port(), tmp_path / "two"

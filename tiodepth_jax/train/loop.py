@@ -239,13 +239,17 @@ class Trainer:
         return nnx.from_flat_state(flat)
 
     def step_fn(self, active: tuple[str, ...]):
+        """The jitted iteration of the `active` groups: step(state, vgg_params, batch, lr_factors)."""
         if active not in self._steps:
             step = make_step(self.graphdef, self.vgg_graphdef, self.groups, active, self.loss_terms, self.frozen,
                              self.tx)
             rep = replicated(self.mesh)
-            self._steps[active] = jax.jit(
-                guard_nonfinite(step, undo=self.cfg.optim.skip_nonfinite > 0), in_shardings=(self.state_sharding, rep, self.batch_sharding, rep),
-                out_shardings=(self.state_sharding, rep), donate_argnums=(0,))
+            jitted = jax.jit(guard_nonfinite(step),
+                             in_shardings=(self.state_sharding, rep, self.batch_sharding, rep, rep),
+                             out_shardings=(self.state_sharding, rep), donate_argnums=(0,))
+            undo = jnp.bool_(self.cfg.optim.skip_nonfinite > 0)
+            self._steps[active] = lambda state, vgg_params, batch, factors: jitted(state, vgg_params, batch, factors,
+                                                                                 undo)
         return self._steps[active]
 
     def model(self):

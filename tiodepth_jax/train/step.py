@@ -3,7 +3,7 @@
     state = init_state(model, groups, frozen, tx)          # params, BatchNorm stats, one optimiser per group
     step = make_step(graphdef, vgg_graphdef, groups, active, loss_terms, frozen, tx)
     state, metrics = step(state, vgg_params, batch, lr_factors)   # jit it with shardings (train/sharding.py)
-    step = guard_nonfinite(step, undo=False)                       # + metrics['finite']
+    step = guard_nonfinite(step)    # step(..., undo) + metrics['finite']; if undo, a non-finite step is void
 
 The active groups run in order; group k's forward runs path k (Mono, Stereo, Refine) with the
 parameters the previous group just updated, differentiates its own loss with respect to its own
@@ -87,14 +87,15 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def guard_nonfinite(step: Callable, undo: bool) -> Callable:
+def guard_nonfinite(step: Callable) -> Callable:
     """`step` with metrics['finite']: every loss and every value of the new state (parameters, BatchNorm
-    statistics, optimiser moments) is finite. With `undo` (optim.skip_nonfinite), a step that is not finite
-    returns the state it was given, so that nothing non-finite ever enters the state."""
-    def guarded(state: dict, vgg_params, batch: dict, lr_factors: dict):
+    statistics, optimiser moments) is finite. Where `undo` (optim.skip_nonfinite; an argument, so that both
+    policies run one compiled program) is true, a step that is not finite returns the state it was given, so
+    that nothing non-finite ever enters the state."""
+    def guarded(state: dict, vgg_params, batch: dict, lr_factors: dict, undo: jax.Array):
         new, metrics = step(state, vgg_params, batch, lr_factors)
         finite = all_finite((metrics, new))
-        if undo:
-            new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        keep_new = finite | ~undo
+        new = jax.tree.map(lambda n, o: jnp.where(keep_new, n, o), new, state)
         return new, {**metrics, "finite": finite}
     return guarded
