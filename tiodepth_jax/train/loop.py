@@ -43,7 +43,7 @@ from tiodepth_jax.losses import TRAINING_LOSSES, terms_from_config
 from tiodepth_jax.metrics import depth_metrics, mean_metrics
 from tiodepth_jax.models.tiodepth import TiODepth
 from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
-from tiodepth_jax.train.checkpointing import STORAGE_ERRNOS, TrainCheckpoints
+from tiodepth_jax.train.checkpointing import TrainCheckpoints, storage_errno
 from tiodepth_jax.train.optim import active_groups, lr_factors, optimizer
 from tiodepth_jax.train.sharding import batch_sharding, make_mesh, replicated, state_shardings
 from tiodepth_jax.train.lock import WorkdirLock
@@ -404,7 +404,7 @@ class Trainer:
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
-            if e.errno not in STORAGE_ERRNOS:
+            if storage_errno(e) is None:
                 raise
             raise StorageError(f"could not append to {self._loss_log()}: [Errno {e.errno}] {e.strerror}; the "
                                "checkpoints are intact and --resume repairs the log", e.errno) from None
