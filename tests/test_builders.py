@@ -1,6 +1,7 @@
 """TFDS builders (array_record, no TensorFlow) and the stereo-folder format, on tiny fake trees."""
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -237,7 +238,54 @@ def test_stereo_folder_pair_checks(tmp_path):
         stereo_folder.check_pair(pair, (10, 20), (10, 20))
 
 
+def _plane_view(doffs: float, right: bool) -> np.ndarray:
+    """(H, W, 3) uint8 view of a textured plane Z(v) = 4 + 0.1 v, texture 128 + 90 sin(2 pi X / 2 m), seen by the
+    left camera of CALIB or the right one (at +baseline, principal point cx + doffs)."""
+    height, width = SIZE
+    v, u = np.mgrid[:height, :width].astype(np.float64)
+    z = 4 + 0.1 * v
+    cx = CALIB["cx"] + (doffs if right else 0.0)
+    x = (u - cx) * z / CALIB["fx"] + (CALIB["baseline"] if right else 0.0)
+    grey = np.round(128 + 90 * np.sin(2 * np.pi * x / 2.0)).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
+@pytest.mark.parametrize("doffs", [6.5, -3.0])
+def test_stereo_folder_doffs_alignment(tmp_path, doffs):
+    """A rig whose principal points differ by doffs: the built right view, warped with the stored depth_gt, K and
+    baseline (disparity K[0, 0] * baseline / depth), reproduces the built left view; ignoring doffs does not."""
+    root = tmp_path / "rig"
+    for side in ("left", "right", "depth"):
+        (root / "test" / side).mkdir(parents=True)
+    Image.fromarray(_plane_view(doffs, right=False)).save(root / "test/left/a.png")
+    Image.fromarray(_plane_view(doffs, right=True)).save(root / "test/right/a.png")
+    np.save(root / "test/depth/a.npy", np.broadcast_to((4 + 0.1 * np.arange(SIZE[0]))[:, None], SIZE))
+    (root / "calibration.yaml").write_text(yaml.safe_dump({**CALIB, "doffs": doffs}))
+    builders.build("stereo_folder", root, tmp_path / "tfds", progress=False)
+    (record,) = _source(tmp_path / "tfds", "stereo_folder", "test")
+    kept = SIZE[1] - abs(math.floor(doffs)) - (doffs % 1 > 0)
+    assert record["image_s"].shape == record["image_o"].shape == (SIZE[0], kept, 3)
+    assert record["depth_gt"].shape == (SIZE[0], kept)
+
+    def warp_error(left, right, disparity):  # |left(u) - right(u - d)| where u - d is inside the image
+        u = np.arange(left.shape[1], dtype=np.float64)
+        errors = [np.abs(left[v, :, 0] - np.interp(u - disparity[v], u, right[v, :, 0]))[u - disparity[v] >= 0]
+                  for v in range(left.shape[0])]
+        return max(e.max() for e in errors)
+
+    disparity = record["K"][0, 0] * record["baseline"] / record["depth_gt"][:, 0].astype(np.float64)
+    assert warp_error(record["image_s"].astype(float), record["image_o"].astype(float), disparity) < 3
+    raw_l, raw_r = (_plane_view(doffs, right).astype(float) for right in (False, True))
+    assert warp_error(raw_l, raw_r, CALIB["fx"] * CALIB["baseline"] / (4 + 0.1 * np.arange(SIZE[0]))) > 30
+    summary = json.loads((Path(tfds.builder_from_directory(str(next((tmp_path / "tfds").glob("*/*")))).data_dir)
+                          / builders.CALIBRATION_FILE).read_text())
+    assert summary["alignments"][f"calibration.yaml {SIZE[1]}x{SIZE[0]}"]["doffs"] == doffs
+    assert summary["fx_baseline_per_width"]["test"] == [pytest.approx(CALIB["fx"] * CALIB["baseline"] / kept)]
+
+
 @pytest.mark.parametrize("content, match", [
+    ({**CALIB, "fy_right": 47.0}, "fy_right 47.0 differs from fy 48.0"),
+    ({**CALIB, "doffs": 2.0, "cx_right": 35.5}, "doffs 2.0 disagrees with cx_right - cx = 4.0"),
     ({**CALIB, "basline": 0.5}, "unknown key.*basline"),
     ({k: v for k, v in CALIB.items() if k != "fy"}, "missing key.*fy"),
     ({**CALIB, "baseline": -0.5}, "baseline must be > 0"),

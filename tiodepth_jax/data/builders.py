@@ -21,6 +21,10 @@ images re-encoded as RGB PNG), ``K`` (3, 3) float32 at the stored image size, ``
 ``disp_gt``) (H, W) float32 at native resolution, 0 = invalid. Records keep the order of the entries (no
 shuffling). A missing or unreadable file fails the build with an error naming it; with ``skip_bad`` the entry
 is left out instead and listed (split, file, reason) in ``skipped.json`` in the built dataset's folder.
+``calibration.json`` there holds, per split, the distinct ``K[0, 0] * baseline / W`` of its records (what
+``model.d2d: auto`` scales to the training width) and, for stereo folders, the principal-point alignment
+applied per calibration file and image size (a non-zero ``doffs`` crops both views, see
+:mod:`tiodepth_jax.data.stereo_folder`: the records then hold the aligned views, depth and K).
 
 Build with :func:`build` or ``python -m tiodepth_jax.data.build`` (see :mod:`tiodepth_jax.data.build`).
 """
@@ -45,8 +49,15 @@ from tiodepth_jax.data.kitti import DataFileError
 from tiodepth_jax.errors import InputError, InputExistsError
 
 SKIPPED_FILE = "skipped.json"
+CALIBRATION_FILE = "calibration.json"
 _SIDE_CAMERA = {"l": 2, "r": 3}
 _KITTI2015_LINE = re.compile(r"(\d{6})_10")
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def encoded_rgb(path) -> tuple[bytes, tuple[int, int]]:
@@ -66,9 +77,7 @@ def encoded_rgb(path) -> tuple[bytes, tuple[int, int]]:
             image.load()
             if image.format == "JPEG" and image.mode == "RGB":
                 return data, size
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="PNG")
-            return buffer.getvalue(), size
+            return _png(image.convert("RGB")), size
     except (OSError, SyntaxError) as err:
         reason = "missing file" if isinstance(err, FileNotFoundError) else f"cannot read image ({err})"
         raise DataFileError(path, reason) from err
@@ -127,6 +136,7 @@ class _StereoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         """
         self.skip_bad, self.progress = skip_bad, progress
         self.skipped: list[dict] = []
+        self.fx_baseline_per_width: dict[str, set[float]] = {}  # split -> K[0, 0] * baseline / W of its records
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -148,12 +158,24 @@ class _StereoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 self._bad(split, error)
                 continue
             for record in records:
+                self._note_camera(split, record)
                 yield index, record
                 index += 1
         if index == 0:
             bad = [item["file"] for item in self.skipped if item["split"] == split]
             detail = f"; skipped as bad: {', '.join(bad[:3])}" if bad else ""
             raise InputError(f"{self.name}: split {split!r} has no examples ({len(entries)} entries{detail})")
+
+    def _note_camera(self, split: str, record: dict) -> None:
+        with Image.open(io.BytesIO(record["image_s"])) as image:  # reads the header only
+            width = image.width
+        value = float(record["K"][0, 0]) * float(record["baseline"]) / width
+        self.fx_baseline_per_width.setdefault(split, set()).add(round(value, 9))
+
+    def _calibration_summary(self) -> dict:
+        """What calibration.json holds: ``fx_baseline_per_width`` {split: distinct K[0, 0] * baseline / W}."""
+        return {"fx_baseline_per_width": {split: sorted(values)
+                                          for split, values in self.fx_baseline_per_width.items()}}
 
     def _bad(self, split: str, error: DataFileError) -> None:
         """Raise ``error``, or with skip_bad note it for skipped.json."""
@@ -169,6 +191,7 @@ class _StereoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         pass
 
     def _post_download_and_prepare_hook(self) -> None:
+        (Path(self.data_dir) / CALIBRATION_FILE).write_text(json.dumps(self._calibration_summary(), indent=1) + "\n")
         if self.skip_bad:
             path = Path(self.data_dir) / SKIPPED_FILE
             path.write_text(json.dumps(self.skipped, indent=1) + "\n")
@@ -307,6 +330,7 @@ class StereoFolder(_StereoBuilder, skip_registration=True):
 
     def __init__(self, *, with_depth: bool = False, both_sides: bool = False, **kwargs):
         self.with_depth, self.both_sides = with_depth, both_sides
+        self.alignments: dict[str, dict] = {}  # "<calibration file> <W>x<H>" -> the alignment applied
         super().__init__(**kwargs)
 
     @property
@@ -321,14 +345,35 @@ class StereoFolder(_StereoBuilder, skip_registration=True):
         (left, size_l), (right, size_r) = encoded_rgb(pair.left), encoded_rgb(pair.right)
         stereo_folder.check_pair(pair, size_l, size_r)
         calib = pair.calibration
+        depth = stereo_folder.read_depth(pair.depth, size_l) if self.with_depth and pair.depth else None
+        aligned = stereo_folder.alignment(calib.doffs, size_l[1])
+        if calib.doffs:
+            left, right = _aligned_images(left, right, calib.doffs)
+            if depth is not None:
+                depth = depth[:, aligned.left_start:aligned.left_start + aligned.width]
+        K = aligned.K(calib)
+        self.alignments[f"{calib.path.relative_to(root)} {size_l[1]}x{size_l[0]}"] = {
+            "doffs": calib.doffs, "left_columns": [aligned.left_start, aligned.left_start + aligned.width],
+            "right_start": aligned.right_start, "K": K.tolist()}
         gt_l, gt_r = {}, {}
         if self.with_depth:
-            gt_r = {"depth_gt": np.zeros(size_l, np.float32)}
-            gt_l = {"depth_gt": stereo_folder.read_depth(pair.depth, size_l)} if pair.depth else gt_r
-        records = [_record(left, right, calib.K, calib.baseline, 1.0, f"{pair.name} l", **gt_l)]
+            gt_r = {"depth_gt": np.zeros((size_l[0], aligned.width), np.float32)}
+            gt_l = {"depth_gt": depth} if depth is not None else gt_r
+        records = [_record(left, right, K, calib.baseline, 1.0, f"{pair.name} l", **gt_l)]
         if self.both_sides and split == "train":
-            records.append(_record(right, left, calib.K, calib.baseline, -1.0, f"{pair.name} r", **gt_r))
+            records.append(_record(right, left, K, calib.baseline, -1.0, f"{pair.name} r", **gt_r))
         return records
+
+    def _calibration_summary(self) -> dict:
+        """Adds ``alignments``: per calibration file and image size, the principal-point alignment applied."""
+        return {**super()._calibration_summary(), "alignments": self.alignments}
+
+
+def _aligned_images(left: bytes, right: bytes, doffs: float) -> tuple[bytes, bytes]:
+    """Encoded views -> the PNG bytes of :func:`stereo_folder.align_pair`'s views."""
+    with Image.open(io.BytesIO(left)) as image_l, Image.open(io.BytesIO(right)) as image_r:
+        aligned_l, aligned_r, _ = stereo_folder.align_pair(image_l.convert("RGB"), image_r.convert("RGB"), doffs)
+        return _png(aligned_l), _png(aligned_r)
 
 
 BUILDERS = {cls.name: cls for cls in (KittiRaw, KittiEigenTest, KittiStereo2015, StereoFolder)}

@@ -14,13 +14,26 @@ Every non-hidden folder of ``<root>`` is a split, named by the folder (letters, 
 ``<root>/<split>/<sequence>/calibration.yaml``. The nearest ``calibration.yaml`` applies (sequence, then
 split, then root); each file is complete (no merging of keys).
 
-``calibration.yaml`` holds exactly these keys, numbers::
+``calibration.yaml`` holds these keys, numbers::
 
     fx: 721.5        # focal lengths in pixels, at the resolution of the stored images (> 0)
     fy: 721.5
-    cx: 609.6        # principal point in pixels (inside the image)
+    cx: 609.6        # principal point of the LEFT camera in pixels (inside the image)
     cy: 172.9
     baseline: 0.54   # distance between the two cameras in metres (> 0); the right camera is at +x
+    doffs: 0.0       # optional (default 0): the right camera's cx minus the left's, in pixels
+
+Rectified cameras share fx, fy and cy; their principal points may differ along x by ``doffs`` (Middlebury's
+name): ``cx_right = cx + doffs``, and a point at depth Z appears at ``x_left - x_right = d`` with
+``Z = fx * baseline / (d + doffs)``. Instead of ``doffs`` the right camera's ``cx_right`` may be given; the
+optional ``fx_right``, ``fy_right`` and ``cy_right`` must equal ``fx``, ``fy`` and ``cy`` (else the pair is not
+rectified and the file is refused).
+
+The build aligns the two principal points (:func:`alignment`), so that every consumer sees ``doffs = 0`` and
+disparity ``fx * baseline / Z``: it keeps ``W - |floor(doffs)|`` columns of each view (minus one when doffs
+is fractional), the left view's columns unshifted and the right view's moved by ``doffs`` pixels (the
+fractional part resampled bicubically), and stores K with the left camera's cx of the kept columns. The
+kept columns of the left image (and of its depth) are recorded in the dataset (``calibration.json``).
 
 Images: ``.png``, ``.jpg`` or ``.jpeg`` (any case); 8-bit RGB files are stored as they are, others (grey,
 palette, alpha, 16-bit) converted to RGB; both images of a pair have the same size. Depth
@@ -42,11 +55,14 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from PIL import Image
 
 from tiodepth_jax.data.kitti import DataFileError, read_depth_png
 
 CALIBRATION_FILE = "calibration.yaml"
 CALIBRATION_KEYS = ("fx", "fy", "cx", "cy", "baseline")
+RIGHT_CAMERA_KEYS = ("fx_right", "fy_right", "cy_right")  # optional, must equal fx, fy, cy
+OFFSET_KEYS = ("doffs", "cx_right")                       # optional: cx_right = cx + doffs
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEPTH_SUFFIXES = (".npy", ".png")
 
@@ -61,11 +77,58 @@ class Calibration:
     cy: float
     baseline: float
     path: Path
+    doffs: float = 0.0
 
     @property
     def K(self) -> np.ndarray:
-        """(3, 3) float64 ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]``."""
+        """(3, 3) float64 ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` of the left camera."""
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+    """The columns kept to make the principal points coincide: left ``[left_start, left_start + width)``,
+    right sampled at ``x + right_start`` (fractional when doffs is) for x in ``[0, width)``."""
+
+    left_start: int
+    right_start: float
+    width: int
+
+    def K(self, calib: Calibration) -> np.ndarray:
+        """The shared K of the aligned views: the left camera's with cx moved by the cropped columns."""
+        K = calib.K
+        K[0, 2] -= self.left_start
+        return K
+
+
+def alignment(doffs: float, width: int) -> Alignment:
+    """Crop (and sub-pixel shift) that gives both views the left camera's principal point.
+
+    With n = floor(doffs) and f = doffs - n: the left view keeps columns ``[max(-n, 0), ...)``, the right view is
+    sampled at ``x + max(n, 0) + f``, both ``width - |n| - (f > 0)`` wide. Then cx_right - right_start =
+    cx + doffs - max(n, 0) - f = cx - max(-n, 0) = cx_left - left_start. ValueError if nothing is left.
+    """
+    n = math.floor(doffs)
+    f = doffs - n
+    kept = width - abs(n) - (1 if f > 0 else 0)
+    if kept < 1:
+        raise ValueError(f"doffs {doffs} leaves no columns of a {width}-pixel-wide image")
+    return Alignment(left_start=max(-n, 0), right_start=max(n, 0) + f, width=kept)
+
+
+def align_pair(left: Image.Image, right: Image.Image, doffs: float) -> tuple[Image.Image, Image.Image, Alignment]:
+    """Both views of a pair cropped (and the right one shifted) by :func:`alignment` (doffs 0: unchanged)."""
+    a = alignment(doffs, left.width)
+    if doffs == 0:
+        return left, right, a
+    left = left.crop((a.left_start, 0, a.left_start + a.width, left.height))
+    if a.right_start == int(a.right_start):
+        start = int(a.right_start)
+        right = right.crop((start, 0, start + a.width, right.height))
+    else:  # PIL maps output pixel centres x + 0.5 to x + 0.5 + right_start in the input
+        right = right.transform((a.width, right.height), Image.Transform.AFFINE,
+                                (1, 0, a.right_start, 0, 1, 0), resample=Image.Resampling.BICUBIC)
+    return left, right, a
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,19 +155,32 @@ def read_calibration(path) -> Calibration:
         raise DataFileError(path, f"cannot read calibration file ({err})") from err
     if not isinstance(data, dict):
         raise DataFileError(path, f"expected a mapping with keys {', '.join(CALIBRATION_KEYS)}")
+    optional = RIGHT_CAMERA_KEYS + OFFSET_KEYS
     missing = [k for k in CALIBRATION_KEYS if k not in data]
-    unknown = sorted(str(k) for k in data if k not in CALIBRATION_KEYS)
+    unknown = sorted(str(k) for k in data if k not in CALIBRATION_KEYS + optional)
     if missing or unknown:
         parts = ([f"missing key(s) {', '.join(missing)}"] if missing else []) + (
             [f"unknown key(s) {', '.join(unknown)}"] if unknown else [])
-        raise DataFileError(path, f"{'; '.join(parts)} (expected exactly {', '.join(CALIBRATION_KEYS)})")
-    for key in CALIBRATION_KEYS:
+        raise DataFileError(path, f"{'; '.join(parts)} (expected {', '.join(CALIBRATION_KEYS)}; optional "
+                                  f"{', '.join(optional)})")
+    for key in (k for k in CALIBRATION_KEYS + optional if k in data):
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise DataFileError(path, f"{key} must be a finite number, got {value!r}")
         if key in ("fx", "fy", "baseline") and value <= 0:
             raise DataFileError(path, f"{key} must be > 0, got {value!r}")
-    return Calibration(**{k: float(data[k]) for k in CALIBRATION_KEYS}, path=path)
+    for key in (k for k in RIGHT_CAMERA_KEYS if k in data):
+        left_key = key.removesuffix("_right")
+        if not math.isclose(data[key], data[left_key], rel_tol=1e-6, abs_tol=1e-9):
+            raise DataFileError(path, f"{key} {data[key]} differs from {left_key} {data[left_key]}: rectified "
+                                      f"cameras share fx, fy and cy (rectify the images first)")
+    doffs = float(data.get("doffs", 0.0))
+    if "cx_right" in data:
+        from_cx = float(data["cx_right"]) - float(data["cx"])
+        if "doffs" in data and not math.isclose(doffs, from_cx, rel_tol=1e-6, abs_tol=1e-6):
+            raise DataFileError(path, f"doffs {doffs} disagrees with cx_right - cx = {from_cx}")
+        doffs = from_cx
+    return Calibration(**{k: float(data[k]) for k in CALIBRATION_KEYS}, path=path, doffs=doffs)
 
 
 def list_splits(root) -> list[str]:
@@ -208,6 +284,10 @@ def check_pair(pair: StereoPair, left_size: tuple[int, int], right_size: tuple[i
         raise DataFileError(calib.path, f"principal point ({calib.cx}, {calib.cy}) lies outside the "
                                         f"{width}x{height} image {pair.left}; fx, fy, cx, cy must be given at "
                                         f"the stored image size")
+    try:
+        alignment(calib.doffs, width)
+    except ValueError as err:
+        raise DataFileError(calib.path, f"{err} ({pair.left})") from None
 
 
 def read_depth(path, size: tuple[int, int]) -> np.ndarray:
