@@ -383,6 +383,8 @@ class TrainConfig:
     def _check_model(self):
         """Errors the model would only raise when built: variant, taps, decoder name and widths."""
         m = self.model
+        if not m.resolved:  # stand-in numbers: the bins of 'auto' come from the training set (resolve_geometry)
+            m = dataclasses.replace(m, d2d=1.0, min_disp=1.0, max_disp=2.0, depth_range=None)
         try:
             enc = m.encoder_config()
             m.decoder_config((enc.dpt.features,) * 4)

@@ -19,6 +19,7 @@ sample, spec §6.5, NHWC without the batch axis). Two exist:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import grain
@@ -65,6 +66,22 @@ class RecordSamples:
     def sample(self, index: int, rng: np.random.Generator) -> dict:
         return augment.train_sample(self.source[int(index)], rng, **self.options)
 
+    def fx_baseline(self) -> float:
+        """fx * baseline (pixels * metres) at the training width ``full_size[1]``: the split's
+        ``K[0, 0] * baseline / W`` from the build's calibration.json (one value, or an InputError)."""
+        from tiodepth_jax.data.builders import CALIBRATION_FILE
+
+        folder, split = Path(self.source.dataset_info.data_dir), str(self.source.split)
+        try:
+            values = json.loads((folder / CALIBRATION_FILE).read_text())["fx_baseline_per_width"][split]
+        except (OSError, KeyError, ValueError):
+            raise InputError(f"{folder} has no {CALIBRATION_FILE} entry for split {split!r} (datasets built before "
+                             f"it was recorded): rebuild it, or set model.d2d and the bins explicitly") from None
+        if max(values) > min(values) * (1 + 1e-6):
+            raise InputError(f"split {split!r} of {folder} mixes cameras (K[0, 0] * baseline / W: "
+                             f"{', '.join(f'{v:.6g}' for v in values)}); one d2d cannot fit them: set model.d2d")
+        return values[0] * self.options["full_size"][1]
+
 
 class SyntheticSamples:
     """Training samples of generated scenes rendered at ``full_size``, then cropped to ``crop_size``.
@@ -87,6 +104,10 @@ class SyntheticSamples:
 
     def __len__(self) -> int:
         return len(self.scenes)
+
+    def fx_baseline(self) -> float:
+        """fx * baseline (pixels * metres) of the generated cameras (rendered at the training size)."""
+        return synthetic.intrinsics(self.scenes.cfg)[0] * self.scenes.cfg.baseline
 
     def sample(self, index: int, rng: np.random.Generator) -> dict:
         s = synthetic.make_sample(self.scenes.cfg, self.scenes.seed(int(index)), rng=rng,

@@ -13,6 +13,7 @@ whole encoder + mono-decoder work of the Stereo path, and the decoder's offset o
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -38,10 +39,13 @@ class TiODepthConfig:
     frozen: tuple[str, ...] = ("encoder",)      # parameter path prefixes no optimiser touches (fork)
     decoder_channels: tuple[int, int, int, int] = (64, 128, 256, 256)
     decoder_name: str = DECODER_NAME
-    min_disp: schema.Float = 2.0
-    max_disp: schema.Float = 300.0
+    # Stereo geometry: bins in pixels of the training images, depth = d2d / disparity. 'auto' values are
+    # derived from the training set by `resolve_geometry` before the model is built.
+    min_disp: schema.Float | Literal["auto"] = 2.0
+    max_disp: schema.Float | Literal["auto"] = 300.0
     n_bins: int = 49
-    d2d: schema.Float = 400.9
+    d2d: schema.Float | Literal["auto"] = 400.9
+    depth_range: tuple[schema.Float, schema.Float] | None = None  # metres the bins cover when min/max_disp: auto
     image_size: tuple[int, int] = (252, 840)    # training crop (H, W)
     train_side: str = "o"
 
@@ -49,6 +53,38 @@ class TiODepthConfig:
         for p in self.frozen:
             if p.split(".")[0] not in ("encoder", "decoder"):
                 raise ValueError(f"frozen entry {p!r} must start with 'encoder' or 'decoder'")
+        auto_bins = [k for k in ("min_disp", "max_disp") if getattr(self, k) == "auto"]
+        if auto_bins and self.depth_range is None:
+            raise ValueError(f"{' and '.join(auto_bins)}: auto needs depth_range [min, max] (metres)")
+        if self.depth_range is not None:
+            if len(auto_bins) < 2:
+                raise ValueError("depth_range sets the bins only with min_disp: auto and max_disp: auto; "
+                                 "remove it or set both to auto")
+            if not 0 < self.depth_range[0] < self.depth_range[1]:
+                raise ValueError(f"depth_range must be [min, max] with 0 < min < max, got {list(self.depth_range)}")
+        if not auto_bins:
+            if not 0 < self.min_disp < self.max_disp:
+                raise ValueError(f"the bins need 0 < min_disp < max_disp, got {self.min_disp} and {self.max_disp}")
+            if self.max_disp >= self.image_size[1]:
+                nearest = "" if self.d2d == "auto" else f" = {self.d2d / self.image_size[1]:.4g} m"
+                raise ValueError(f"max_disp {self.max_disp:.4g} is not below the training width "
+                                 f"{self.image_size[1]}: the stereo matching shifts features by up to max_disp "
+                                 f"pixels (with depth_range, its minimum must exceed d2d / {self.image_size[1]}"
+                                 f"{nearest})")
+
+    @property
+    def resolved(self) -> bool:
+        """Whether d2d and the bins are numbers (no 'auto' left)."""
+        return "auto" not in (self.d2d, self.min_disp, self.max_disp)
+
+    def resolve_geometry(self, fx_baseline: float) -> "TiODepthConfig":
+        """The 'auto' values from fx * baseline (fx in pixels of the training images, baseline in metres):
+        d2d = fx * baseline; min_disp = d2d / depth_range[1]; max_disp = d2d / depth_range[0]."""
+        d2d = fx_baseline if self.d2d == "auto" else self.d2d
+        if self.depth_range is None:
+            return dataclasses.replace(self, d2d=d2d)
+        near, far = self.depth_range
+        return dataclasses.replace(self, d2d=d2d, min_disp=d2d / far, max_disp=d2d / near, depth_range=None)
 
     def encoder_config(self) -> DepthAnythingV2Config:
         return DepthAnythingV2Config.preset(self.variant, depth=self.encoder_depth, taps=self.encoder_taps)

@@ -35,7 +35,7 @@ def train(args: argparse.Namespace) -> int:
 
     trainer = Trainer(cfg)
     if jax.process_index() == 0:
-        (trainer.workdir / "config.yaml").write_text(cfg.to_yaml())
+        (trainer.workdir / "config.yaml").write_text(trainer.cfg.to_yaml())  # with 'auto' values resolved
     trainer.run(resume=args.resume)
     return 128 + trainer.stopped_by if trainer.stopped_by else 0  # 143 after SIGTERM, 130 after SIGINT
 

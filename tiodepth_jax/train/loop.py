@@ -16,6 +16,7 @@ saved; SIGTERM / SIGINT save and stop (train/preemption.py); one run holds the w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -69,6 +70,25 @@ def train_samples(cfg: TrainConfig):
     source = open_source(d.name, d.require_data_dir(), d.split)
     return RecordSamples(source, full_size=d.image_size, crop_size=cfg.crop_size, flip_mode=d.flip_mode,
                          scale_range=d.scale_range, color_aug_prob=d.color_aug_prob)
+
+
+def resolve_geometry(cfg: TrainConfig, samples) -> TrainConfig:
+    """``cfg`` with model.d2d / min_disp / max_disp 'auto' derived (and said once): d2d = fx * baseline of the
+    training set, fx in pixels at data.image_size's width; min_disp, max_disp = d2d / model.depth_range."""
+    m = cfg.model
+    if m.resolved:
+        return cfg
+    from_data = m.d2d == "auto"
+    d2d = samples.fx_baseline() if from_data else m.d2d
+    try:
+        model = m.resolve_geometry(d2d)
+    except ValueError as e:
+        source = "the training set's fx * baseline" if from_data else "model.d2d"
+        raise ConfigError(f"model (d2d {d2d:.6g} from {source}): {e}") from None
+    log.info("stereo geometry%s at width %d: d2d = fx * baseline = %.6g, bins %.6g .. %.6g px (depth %.6g .. "
+             "%.6g m)", " from the training set" if from_data else "", cfg.data.image_size[1], model.d2d,
+             model.min_disp, model.max_disp, model.d2d / model.max_disp, model.d2d / model.min_disp)
+    return dataclasses.replace(cfg, model=model)
 
 
 def loss_terms(cfg: TrainConfig) -> dict:
@@ -158,13 +178,14 @@ class Trainer:
     leaves no workdir behind. The workdir is held (train/lock.py) from here until `close()` (`run` closes)."""
 
     def __init__(self, cfg: TrainConfig, mesh=None):
-        self.cfg = cfg
+        self.train_ds = train_samples(cfg)
+        self.cfg = cfg = resolve_geometry(cfg, self.train_ds)
         self.mesh = mesh or make_mesh(*cfg.mesh.shape(jax.device_count()))
         self.groups = cfg.optim.groups
         self.frozen = cfg.model.frozen
         self.tx = optimizer(cfg.optim)
         self.loss_terms = loss_terms(cfg)
-        self.train_ds, self.val_ds = train_samples(cfg), val_set(cfg) if cfg.val.every_n_epochs else None
+        self.val_ds = val_set(cfg) if cfg.val.every_n_epochs else None
         check_batch_size(len(self.train_ds), cfg.batch_size, jax.process_count())
         self.batch_sharding = batch_sharding(self.mesh)
         self.workdir = Path(cfg.workdir)
