@@ -252,7 +252,7 @@ def cli(*args, data_dir=None, checkpoint=None):
 
 def test_cli_end_to_end(model_checkpoint, data_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = cli("--modes", "Refine", "Stereo", "Mono", "--post-process", "fpp", "--max-samples", "2", "--out", str(out),
+    rc = cli("--modes", "Refine", "Stereo", "Mono", "val.max_samples=2", "--post-process", "fpp", "--out", str(out),
              "val.image_size=[56,168]", data_dir=data_dir, checkpoint=model_checkpoint)
     printed = capsys.readouterr().out
     assert rc == 0
@@ -355,6 +355,7 @@ def test_converted_checkpoint(model, model_checkpoint):
     (("--post-process", "mspp", "val.image_size=[56,168]"), "[37, 112], which is not a multiple of 14"),
     (("--post-process", "xpp"), "unknown --post-process 'xpp'"),
     (("--metric", "depth_nyu"), "unknown metric 'depth_nyu'"),
+    (("--modes", "val.max_samples=2"), "--modes names no path before val.max_samples=2"),
 ])
 def test_cli_errors(args, message, data_dir, capsys):
     assert cli(*args, data_dir=data_dir) == 2
@@ -387,3 +388,11 @@ def test_settings_defaults(demo_cfg):
     s = ev.resolve_settings(ev.parse_args(["--config", DEMO, "--checkpoint", "x"]), cfg)
     assert (s["dataset"], s["split"], s["data_dir"]) == ("kitti_stereo2015", "train", "/data")
     assert s["opts"].metric == "depth_kitti_stereo2015"
+
+
+def test_modes_leave_overrides_to_the_config():
+    base = ["--config", DEMO, "--checkpoint", "x"]
+    args = ev.parse_args(base + ["a.b=1", "--modes", "Mono", "Stereo", "val.max_samples=2", "--max-samples", "3",
+                                 "c.d=4"])
+    assert args.modes == ["Mono", "Stereo"] and args.max_samples == 3
+    assert args.overrides == ["a.b=1", "val.max_samples=2", "c.d=4"]  # command-line order: the last one wins

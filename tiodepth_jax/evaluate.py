@@ -9,7 +9,7 @@ Usage:
   --config       the run's YAML config; its `val` section gives the defaults: val.name, val.data_dir,
                  val.split (dataset), val.image_size (network input size), val.modes, val.metric,
                  val.min_depth, val.max_depth, val.max_samples. `key.sub=value` arguments override config
-                 entries (e.g. val.image_size=[252,840]).
+                 entries (e.g. val.image_size=[252,840]), anywhere on the command line, also right after --modes.
   --checkpoint   a converted model checkpoint (a directory with model.json, `tiodepth_jax.checkpoint`), or
                  a training run's checkpoints: the run's workdir, its checkpoint directory (the newest step
                  is used, or the one --which names) or one step directory of it (<dir>/<step>). The model
@@ -270,7 +270,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-samples", type=int, help="evaluate the first N samples (default val.max_samples)")
     parser.add_argument("--out", type=Path, default=Path("eval_res"), help="output folder (default eval_res)")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. val.image_size=[252,840]")
-    return parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return split_overrides(parser.parse_intermixed_args(argv), argv)
+
+
+def split_overrides(args: argparse.Namespace, argv: list[str]) -> argparse.Namespace:
+    """Move the key=value words --modes took (nargs='+' takes every word up to the next option) to the
+    overrides, all in command-line order."""
+    taken = [m for m in args.modes or () if "=" in m]
+    if taken:
+        args.modes = [m for m in args.modes if "=" not in m]
+        if not args.modes:
+            raise InputError(f"--modes names no path before {taken[0]}; paths are {', '.join(PATHS)}")
+        args.overrides = sorted(args.overrides + taken, key=argv.index)
+    return args
 
 
 def resolve_settings(args: argparse.Namespace, cfg: TrainConfig) -> dict:
