@@ -1,6 +1,7 @@
 """The evaluation command: per-sample metrics (crop, clamps, min_depth, median scaling, EPE/D1), the jitted
-forward with post-processing, checkpoint loading (converted and training), and an end-to-end run of the CLI
-on a tiny random model over a tiny TFDS evaluation set."""
+forward with post-processing, checkpoint loading (converted and training), the settings (crop, input size,
+overrides after --modes), an end-to-end run of the CLI on a tiny random model over a tiny TFDS evaluation
+set, and one on a stereo folder with a constant model."""
 
 import json
 import sys
@@ -13,12 +14,13 @@ from flax import nnx
 
 from tiodepth_jax import evaluate as ev
 from tiodepth_jax import postprocess
-from tiodepth_jax.checkpoint import BEST_KEY, load, save_model
+from tiodepth_jax.checkpoint import BEST_KEY, Loaded, load, save_model
 from tiodepth_jax.inference import predict_outputs
 from tiodepth_jax.config import load_config
 from tiodepth_jax.data import builders, fake_kitti
 from tiodepth_jax.data.augment import eval_sample
 from tiodepth_jax.data.pipeline import open_source
+from tiodepth_jax.images import write_png
 from tiodepth_jax.models.tiodepth import TiODepth
 from tiodepth_jax.train.checkpointing import TrainCheckpoints
 
@@ -51,12 +53,12 @@ def test_eigen_crop_and_hand_computed_metrics():
     assert m["a1"] == pytest.approx(296 / 297)  # a ratio of exactly 1.25 is not < 1.25
     assert m["a2"] == m["a3"] == 1.0
     assert m["scale"] == 1.0
-    assert set(m) == set(ev.MetricOptions().names)
+    assert list(m) == list(ev.DEPTH_METRICS) + ["scale"]
 
 
 def test_far_ground_truth_is_kept_and_clamped_to_80():
     sample, pred = sample_and_pred(gt=40.0)
-    sample["depth_gt"][10, 10] = 120.0   # beyond 80 m: kept by the Eigen mask, clamped to 80
+    sample["depth_gt"][10, 10] = 120.0   # beyond 80 m: kept by the depth_kitti mask, clamped to 80
     pred[10, 10] = 95.0                  # clamped to 80 as well -> no error
     assert score(pred, sample)["Refine"]["abs_rel"] == 0.0
     pred[10, 10] = 60.0
@@ -107,7 +109,7 @@ def test_stereo2015_mask_and_disparity_metrics_with_width_rescale():
     g = depth_gt[(depth_gt > 0.5) & (depth_gt < 80)]
     assert g.size == n_depth
     assert m["abs_rel"] == pytest.approx(np.mean(np.abs(g - 10) / g), rel=1e-6)
-    assert list(m) == list(ev.MetricOptions(metric="depth_kitti_stereo2015").names)
+    assert list(m) == list(ev.COLUMNS)
 
 
 def test_metric_options_errors():
@@ -115,6 +117,9 @@ def test_metric_options_errors():
         ev.MetricOptions(metric="depth_nyu")
     with pytest.raises(ValueError, match="min_depth"):
         ev.MetricOptions(min_depth=90.0)
+    with pytest.raises(ValueError, match="unknown crop 'centre'"):
+        ev.MetricOptions(crop="centre")
+    assert ev.MetricOptions().crop == "garg" and ev.MetricOptions("depth_kitti_stereo2015").crop == "none"
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -250,10 +255,17 @@ def cli(*args, data_dir=None, checkpoint=None):
     return ev.main(argv + list(args))
 
 
+def independent_epe_d1(pred, gt):
+    """EPE and D1 (KITTI: error > 3 px and > 5 % of the GT) over finite GT > 0, in plain numpy."""
+    valid = np.isfinite(gt) & (gt > 0)
+    err = np.abs(gt[valid].astype(np.float64) - pred[valid])
+    return err.mean(), 100 * np.mean((err > 3) & (err > 0.05 * gt[valid]))
+
+
 def test_cli_end_to_end(model_checkpoint, data_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = cli("--modes", "Refine", "Stereo", "Mono", "--post-process", "fpp", "--max-samples", "2", "--out", str(out),
-             "val.image_size=[56,168]", data_dir=data_dir, checkpoint=model_checkpoint)
+    rc = cli("--modes", "Refine", "Stereo", "Mono", "val.max_samples=2", "--post-process", "fpp", "--out", str(out),
+             "--save-predictions", "val.image_size=[56,168]", data_dir=data_dir, checkpoint=model_checkpoint)
     printed = capsys.readouterr().out
     assert rc == 0
     assert "tensorflow" not in sys.modules
@@ -262,17 +274,24 @@ def test_cli_end_to_end(model_checkpoint, data_dir, tmp_path, capsys):
                                                       for m in ("Mono", "Stereo", "Refine")]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["num_samples"] == 2 and summary["split"] == "train" and summary["compiled_shapes"] == 1
-    assert summary["kind"] == "model"
+    assert summary["kind"] == "model" and summary["crop"] == "none"
     assert summary["post_processed_modes"] == ["Mono", "Refine"] and summary["image_size"] == [56, 168]
+    assert summary["image_size_from"] == "val.image_size argument"
     assert summary["metric"] == "depth_kitti_stereo2015" and summary["min_depth"] == 0.5
     for mode in ("Mono", "Stereo", "Refine"):
         res = summary["results"][mode]
-        assert set(res) == set(ev.MetricOptions(metric="depth_kitti_stereo2015").names)
+        assert set(res) == set(ev.COLUMNS)
         for key, value in res.items():
             assert value == pytest.approx(np.mean([r[key] for r in rows if r["mode"] == mode]))
             assert np.isfinite(value)
+    for r in rows:  # the saved arrays are what was scored
+        saved = np.load(out / "predictions" / f"{r['index']:05d}_{r['mode']}.npz")
+        assert sorted(saved) == ["depth", "depth_gt", "disp", "disp_gt"]
+        assert saved["disp"].shape == saved["depth_gt"].shape == (56, 196)
+        epe, d1 = independent_epe_d1(saved["disp"], saved["disp_gt"])
+        assert r["epe_all"] == pytest.approx(epe, abs=1e-6) and r["d1_all"] == pytest.approx(d1, abs=1e-6)
     header, *table = printed.splitlines()[-5:-1]
-    assert header.split() == ["mode", *ev.MetricOptions(metric="depth_kitti_stereo2015").names]
+    assert header.split() == ["mode", *ev.COLUMNS]
     assert [line.split()[0] for line in table] == ["Mono", "Stereo", "Refine"]
     assert all(len(line.split()) == 11 for line in table)
 
@@ -305,7 +324,6 @@ def test_training_checkpoint(demo_cfg, model, tmp_path):
 def test_predict_from_a_training_run(demo_cfg, model, tmp_path):
     """predict takes a run too, with the run's validation size as its default size."""
     from tiodepth_jax import predict
-    from tiodepth_jax.images import write_png
     _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     ckpts = TrainCheckpoints(tmp_path / "run" / "checkpoints", async_save=False, config=demo_cfg.to_dict())
     ckpts.save(3, {"params": params, "batch_stats": stats}, {"epoch": 1})
@@ -352,9 +370,10 @@ def test_converted_checkpoint(model, model_checkpoint):
     ((), "checkpoint nowhere does not exist"),
     (("--modes", "Mono", "Fancy"), "unknown mode(s) Fancy; modes are Mono, Stereo, Refine"),
     (("--modes", "Stereo", "--post-process", "fpp"), "applies to the Mono and Refine paths only"),
-    (("--post-process", "mspp", "val.image_size=[56,168]"), "[37, 112], which is not a multiple of 14"),
     (("--post-process", "xpp"), "unknown --post-process 'xpp'"),
     (("--metric", "depth_nyu"), "unknown metric 'depth_nyu'"),
+    (("--crop", "centre"), "unknown crop 'centre'; known: garg, eigen, none"),
+    (("--modes", "val.max_samples=2"), "--modes names no path before val.max_samples=2"),
 ])
 def test_cli_errors(args, message, data_dir, capsys):
     assert cli(*args, data_dir=data_dir) == 2
@@ -377,13 +396,101 @@ def test_settings_defaults(demo_cfg):
     base = ["--config", DEMO, "--checkpoint", "x", "--data-dir", "d"]
     s = ev.resolve_settings(ev.parse_args(base + ["--dataset", "kitti_stereo2015"]), demo_cfg)
     assert s["split"] == "train" and s["opts"].metric == "depth_kitti_stereo2015" and s["opts"].min_depth == 0.5
-    assert s["modes"] == ("Mono", "Stereo", "Refine") and s["image_size"] == (84, 252) and s["data_dir"] == "d"
+    assert s["modes"] == ("Mono", "Stereo", "Refine") and s["data_dir"] == "d" and s["opts"].crop == "none"
     s = ev.resolve_settings(ev.parse_args(base + ["--dataset", "kitti_eigen_test/improved", "--modes", "Refine",
                                                   "Mono", "--min-depth", "0", "--median-scaling"]), demo_cfg)
     assert s["split"] == "test" and s["opts"].metric == "depth_kitti" and s["opts"].min_depth == 0.0
-    assert s["opts"].scaled and s["modes"] == ("Mono", "Refine")
+    assert s["opts"].scaled and s["modes"] == ("Mono", "Refine") and s["opts"].crop == "garg"
+    for dataset, crop, want in (("stereo_folder", [], "none"), ("kitti_eigen_test/raw", ["--crop", "eigen"], "eigen")):
+        s = ev.resolve_settings(ev.parse_args(base + ["--dataset", dataset, *crop]), demo_cfg)
+        assert s["opts"].crop == want and s["opts"].metric == "depth_kitti"
     cfg = load_config(DEMO, ["workdir=x", "val.name=kitti_stereo2015", "val.split=train", "val.data_dir=/data",
                              "val.metric=depth_kitti_stereo2015"])
     s = ev.resolve_settings(ev.parse_args(["--config", DEMO, "--checkpoint", "x"]), cfg)
     assert (s["dataset"], s["split"], s["data_dir"]) == ("kitti_stereo2015", "train", "/data")
     assert s["opts"].metric == "depth_kitti_stereo2015"
+
+
+def test_modes_leave_overrides_to_the_config():
+    base = ["--config", DEMO, "--checkpoint", "x"]
+    args = ev.parse_args(base + ["a.b=1", "--modes", "Mono", "Stereo", "val.max_samples=2", "--max-samples", "3",
+                                 "c.d=4"])
+    assert args.modes == ["Mono", "Stereo"] and args.max_samples == 3
+    assert args.overrides == ["a.b=1", "val.max_samples=2", "c.d=4"]  # command-line order: the last one wins
+
+
+def test_input_size_precedence(demo_cfg):
+    """--size, then val.image_size as an argument, then the checkpoint's own size, then the config's."""
+    def size(*extra, model_size=(126, 420)):
+        args = ev.parse_args(["--config", DEMO, "--checkpoint", "x", *extra])
+        return ev.input_size(args, load_config(DEMO, ["workdir=x", *args.overrides]), model_size)
+
+    assert size("--size", "28", "56", "val.image_size=[56,168]") == ((28, 56), "--size")
+    assert size("val.image_size=[56,168]") == ((56, 168), "val.image_size argument")
+    assert size("val.max_samples=2") == ((126, 420), "checkpoint")
+    assert size(model_size=None) == ((84, 252), "config")
+    with pytest.raises(ev.InputError, match="--size 30 56: the input size must be two positive multiples of 14"):
+        size("--size", "30", "56")
+    with pytest.raises(ev.InputError, match=r"\[37, 112\], which is not a multiple of 14; choose another --size"):
+        size("--size", "56", "168", "--post-process", "mspp")
+
+
+# ------------------------------------------------------------------------------------------------------
+# Your own rig: a stereo folder with depth, scored without the KITTI crop, with EPE / D1 from K and baseline
+
+class ConstantModel(nnx.Module):
+    """`inference` with the same depth and disparity (network pixels) everywhere, for every path."""
+
+    def __init__(self, depth: float, disp: float):
+        self.depth, self.disp = depth, disp
+
+    def inference(self, inputs, modes):
+        ones = jnp.ones_like(inputs["color_s"][..., :1])
+        return {k: v for m in modes for k, v in ((ev.DEPTH_KEYS[m], self.depth * ones),
+                                                  (ev.DISP_KEYS[m], self.disp * ones))}
+
+
+def test_stereo_folder_end_to_end(tmp_path, monkeypatch):
+    """GT 10 m except the top 6 rows (2 m: above both the garg and the eigen crop) and two invalid pixels; the
+    prediction is 10 m and its disparity fx * baseline / 10 m, so only the top rows are wrong: the default
+    (no crop) scores them, --crop garg / eigen do not. GT disparity = fx * baseline / depth_gt."""
+    root, fx, baseline = tmp_path / "rig", 50.0, 0.5
+    (root / "test" / "depth").mkdir(parents=True)
+    (root / "calibration.yaml").write_text(f"{{fx: {fx}, fy: {fx}, cx: 30, cy: 10, baseline: {baseline}}}")
+    rng = np.random.default_rng(0)
+    for side in ("left", "right"):
+        (root / "test" / side).mkdir()
+        write_png(root / "test" / side / "a.png", rng.integers(0, 255, (20, 60, 3), np.uint8))
+    depth = np.full((20, 60), 10.0, np.float32)
+    depth[:6] = 2.0
+    depth[10, 10], depth[10, 20] = 0.0, np.nan
+    np.save(root / "test" / "depth" / "a.npy", depth)
+    builders.build("stereo_folder", root, tmp_path / "tfds", progress=False)
+    size = (28, 56)   # the checkpoint's own input size; the prediction's disparity is x 60 / 56 at the GT size
+    model = ConstantModel(10.0, fx * baseline / 10.0 * size[1] / 60)
+    monkeypatch.setattr(ev, "load", lambda *a, **k: Loaded(model, "tiodepth", "float32", None, size,
+                                                           {"checkpoint": "stub", "kind": "training"}))
+
+    def run(*extra):
+        out = tmp_path / f"out{len(extra)}"
+        assert ev.main(["--config", DEMO, "--checkpoint", "stub", "--dataset", "stereo_folder", "--data-dir",
+                        str(tmp_path / "tfds"), "--modes", "Stereo", "Refine", "--out", str(out), *extra]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["image_size"] == list(size) and summary["image_size_from"] == "checkpoint"
+        return summary, out
+
+    summary, out = run("--save-predictions")
+    valid, wrong = 20 * 60 - 2, 6 * 60
+    assert summary["crop"] == "none" and summary["metric"] == "depth_kitti"
+    for res in summary["results"].values():
+        assert res["abs_rel"] == pytest.approx(wrong * 4 / valid) and res["a1"] == pytest.approx(1 - wrong / valid)
+        assert res["epe_all"] == pytest.approx(wrong * 10 / valid, rel=1e-6)  # GT 25 / 2 = 12.5 px, pred 2.5 px
+        assert res["d1_all"] == pytest.approx(100 * wrong / valid)
+    saved = np.load(out / "predictions" / "00000_Stereo.npz")
+    np.testing.assert_allclose(saved["disp_gt"], fx * baseline / np.where(depth > 0, depth, np.inf), rtol=1e-6)
+    np.testing.assert_allclose(saved["disp"], 2.5, rtol=1e-6)
+    for crop in ("garg", "eigen"):
+        summary, _ = run("--crop", crop)
+        assert summary["crop"] == crop
+        for res in summary["results"].values():
+            assert res["abs_rel"] == 0 and res["d1_all"] == 0 and res["epe_all"] == pytest.approx(0, abs=1e-5)

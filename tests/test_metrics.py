@@ -54,22 +54,26 @@ def test_mask_and_clamping():
     assert m["abs_rel"] == pytest.approx((0 + 11.5 + 9.9 / 10 + 0) / 4)
 
 
-def test_eigen_crop_375x1242():
-    assert M.eigen_crop(375, 1242) == (153, 371, 44, 1197)
-    mask = M.depth_mask(np.ones((375, 1242)), min_depth=0.5, max_depth=80.0, mask_mode="eigen")
+def test_garg_and_eigen_crops_375x1242():
+    assert M.crop_box("garg", 375, 1242) == (153, 371, 44, 1197)
+    assert M.crop_box("eigen", 375, 1242) == (124, 342, 44, 1197)
+    mask = M.depth_mask(np.ones((375, 1242)), min_depth=0.5, max_depth=80.0, crop="garg")
     assert mask.sum() == (371 - 153) * (1197 - 44)
     assert mask[153, 44] and mask[370, 1196] and not mask[152, 44] and not mask[371, 44]
     assert not mask[200, 43] and not mask[200, 1197]
+    assert M.crop_mask((375, 1242), "none").all()
 
 
-def test_eigen_mask_ignores_pixels_outside_the_crop():
+def test_crop_ignores_pixels_outside_it():
     gt = np.full((375, 1242), 10.0)
     pred = gt.copy()
-    pred[:153] = 1.0  # wrong only above the crop
-    pred[:, 1197:] = 50.0  # and right of it
-    m = M.depth_metrics(pred, gt)
-    assert m["abs_rel"] == 0.0 and m["a1"] == 1.0
-    assert M.depth_metrics(pred, gt, mask_mode="valid")["abs_rel"] > 0
+    pred[:124] = 1.0  # wrong only above both crops
+    pred[:, 1197:] = 50.0  # and right of them
+    for crop in ("garg", "eigen"):
+        m = M.depth_metrics(pred, gt, crop=crop)
+        assert m["abs_rel"] == 0.0 and m["a1"] == 1.0
+        assert M.disparity_metrics(40 / pred, 40 / gt, crop=crop)["epe_all"] == 0.0
+    assert M.depth_metrics(pred, gt)["abs_rel"] > 0  # no crop by default
 
 
 def test_empty_mask_raises():
@@ -79,17 +83,25 @@ def test_empty_mask_raises():
         M.disparity_metrics(np.ones((4, 4)), np.zeros((4, 4)))
     with pytest.raises(ValueError, match="mask_mode"):
         M.depth_metrics(np.ones((4, 4)), np.ones((4, 4)), mask_mode="garg")
+    with pytest.raises(ValueError, match="unknown crop 'centre'; known: garg, eigen, none"):
+        M.depth_metrics(np.ones((4, 4)), np.ones((4, 4)), crop="centre")
     with pytest.raises(ValueError, match="shape"):
         M.depth_metrics(np.ones((4, 4)), np.ones((4, 5)))
 
 
 def test_disparity_metrics_hand_computed():
-    gt = np.array([[10.0, 0.0], [50.0, 100.0]])
-    pred = np.array([[14.0, 7.0], [52.0, 104.5]])
+    gt = np.array([[10.0, 0.0, np.inf], [50.0, 100.0, np.nan]])
+    pred = np.array([[14.0, 7.0, 1.0], [52.0, 104.5, 1.0]])
     m = M.disparity_metrics(pred, gt)
-    # gt 0 is invalid; errors 4, 2, 4.5 -> EPE 3.5; D1 outliers: 4 (> 3 and 40 %) only; 4.5 is 4.5 % of 100.
+    # gt 0, inf and NaN are invalid; errors 4, 2, 4.5 -> EPE 3.5; D1 outliers: 4 (> 3 and 40 %) only; 4.5 is
+    # 4.5 % of 100.
     assert m["epe_all"] == pytest.approx(3.5)
     assert m["d1_all"] == pytest.approx(100 / 3)
+
+
+def test_disparity_from_depth():
+    depth = np.array([[2.0, 0.0, -1.0], [np.inf, np.nan, 8.0]], np.float32)
+    np.testing.assert_array_equal(M.disparity_from_depth(depth, 40.0), [[20, 0, 0], [0, 0, 5]])
 
 
 def test_resize_to_gt():
