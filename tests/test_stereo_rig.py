@@ -26,14 +26,14 @@ def test_auto_geometry_from_the_training_set(tmp_path):
     explicit = load_config(REPO / "configs/demo.yaml", [*TINY, *AUTO, "model.d2d=30.0", f"workdir={tmp_path}"])
     assert resolve_geometry(explicit, samples).model.max_disp == pytest.approx(15.0)
     near = load_config(REPO / "configs/demo.yaml", [*TINY, *AUTO, "model.depth_range=[0.2,80]", f"workdir={tmp_path}"])
-    with pytest.raises(ConfigError, match=r"max_disp .* is not below the training width 56.*d2d / 56"):
+    with pytest.raises(ConfigError, match=r"model.max_disp: 131.8 is not below the training width 56.*depth_range, its minimum must exceed d2d / 56 = 0.4706 m"):
         resolve_geometry(near, samples)
 
 
 @pytest.mark.parametrize("overrides, match", [
     (["model.min_disp=auto"], "min_disp: auto needs depth_range"),
     (["model.depth_range=[1,50]"], "depth_range sets the bins only with min_disp: auto and max_disp: auto"),
-    (["model.max_disp=900.0"], "max_disp 900 is not below the training width 56"),
+    (["model.max_disp=900.0"], "model.max_disp: 900 is not below the training width 56"),
 ])
 def test_geometry_config_errors(tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):

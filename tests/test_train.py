@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# A tiny run: 1-block DINOv2-S, 28x56 crops of 42x84 scenes, batch 4, 3 epochs (stages at 1/2/3).
+# A tiny run: 1-block DINOv2-S, 28x56 crops of 42x84 scenes (bins up to 48 px < 56), batch 4, 3 epochs (stages
+# at 1/2/3).
 TINY = ["model.encoder_depth=1", "model.encoder_taps=[0,0,0,0]", "model.decoder_channels=[16,16,16,16]",
+        "model.max_disp=48.0",
         "model.image_size=[28,56]", "data.image_size=[42,84]", "data.crop_size=[28,56]", "batch_size=4",
         "epochs=3", "data.synthetic={size: 12, base_seed: 0, scene: {}}", "val.image_size=[42,84]",
         "val.max_samples=2", "val.every_n_epochs=0", "val.at_start=false",

@@ -217,7 +217,8 @@ class ValConfig:
     image_size: tuple[int, int] = (378, 1260)     # network input size (H, W)
     batch_size: int = 1
     modes: tuple[str, ...] = VAL_MODES            # paths to evaluate (rawdepth / sdepth / refdepth)
-    metric: str = "depth_kitti"                   # 'depth_kitti' (Eigen crop) | 'depth_kitti_stereo2015'
+    metric: str = "depth_kitti"                   # 'depth_kitti' (GT clamped) | 'depth_kitti_stereo2015'
+    crop: Literal["auto", "garg", "eigen", "none"] = "auto"  # scored region; auto = garg on kitti_eigen_test
     min_depth: Float = 0.5                        # the fork's value (the original: 0)
     max_depth: Float = 80.0
     max_samples: int | None = None                # evaluate only the first N samples (None = all)
@@ -365,10 +366,11 @@ class TrainConfig:
         if any(c > s for c, s in zip(self.crop_size, self.data.image_size)):
             _fail("model.image_size", f"the training crop {list(self.crop_size)} is larger than data.image_size "
                                       f"{list(self.data.image_size)}")
-        if self.checkpoint.best_metric in ("epe_all", "d1_all") and self.val.metric != "depth_kitti_stereo2015":
-            _fail("checkpoint.best_metric", f"{self.checkpoint.best_metric} is computed only with val.metric "
-                                            f"depth_kitti_stereo2015, not {self.val.metric}")
+        if self.checkpoint.best_metric in ("epe_all", "d1_all") and self.val_dataset[0] == "synthetic":
+            _fail("checkpoint.best_metric", f"{self.checkpoint.best_metric} is computed on TFDS validation sets "
+                                            f"with ground truth, not on the synthetic scenes")
         self._check_model()
+        self._check_bins()
         if self.losses is not None:
             if not isinstance(self.losses, Mapping):
                 _fail("losses", f"expected a mapping {{param_groupK: [terms]}} or null, got {self.losses!r}")
@@ -379,6 +381,15 @@ class TrainConfig:
                 if not isinstance(terms, (list, tuple, Mapping)) or not all(isinstance(t, Mapping) for t in items):
                     _fail(f"losses.{name}", "expected {term name: term mapping} (the original's loss_terms) or a "
                                             f"list of term mappings, got {terms!r}")
+
+    def _check_bins(self):
+        """The largest bin must shift features less than the training crop is wide (the MFM's shifts)."""
+        m, width = self.model, self.crop_size[1]
+        if m.max_disp != "auto" and m.max_disp >= width:
+            nearest = "" if m.d2d == "auto" else f" = {m.d2d / width:.4g} m"
+            _fail("model.max_disp", f"{m.max_disp:.4g} is not below the training width {width}: the stereo matching "
+                                    f"shifts features by up to max_disp pixels (with model.depth_range, its "
+                                    f"minimum must exceed d2d / {width}{nearest})")
 
     def _check_model(self):
         """Errors the model would only raise when built: variant, taps, decoder name and widths."""

@@ -62,15 +62,8 @@ class TiODepthConfig:
                                  "remove it or set both to auto")
             if not 0 < self.depth_range[0] < self.depth_range[1]:
                 raise ValueError(f"depth_range must be [min, max] with 0 < min < max, got {list(self.depth_range)}")
-        if not auto_bins:
-            if not 0 < self.min_disp < self.max_disp:
-                raise ValueError(f"the bins need 0 < min_disp < max_disp, got {self.min_disp} and {self.max_disp}")
-            if self.max_disp >= self.image_size[1]:
-                nearest = "" if self.d2d == "auto" else f" = {self.d2d / self.image_size[1]:.4g} m"
-                raise ValueError(f"max_disp {self.max_disp:.4g} is not below the training width "
-                                 f"{self.image_size[1]}: the stereo matching shifts features by up to max_disp "
-                                 f"pixels (with depth_range, its minimum must exceed d2d / {self.image_size[1]}"
-                                 f"{nearest})")
+        if not auto_bins and not 0 < self.min_disp < self.max_disp:
+            raise ValueError(f"the bins need 0 < min_disp < max_disp, got {self.min_disp} and {self.max_disp}")
 
     @property
     def resolved(self) -> bool:

@@ -38,7 +38,7 @@ from tiodepth_jax.data.augment import eval_sample
 from tiodepth_jax.data.pipeline import RecordSamples, SyntheticSamples, check_batch_size, epoch_batches, open_source
 from tiodepth_jax.data.synthetic import SceneConfig, SyntheticStereo
 from tiodepth_jax.errors import InputError, InputExistsError, InputNotFoundError, NonFiniteError, StorageError
-from tiodepth_jax.evaluate import MetricOptions, evaluate_prediction
+from tiodepth_jax.evaluate import MetricOptions, default_crop, disparity_gt, evaluate_prediction
 from tiodepth_jax.inference import DEPTH_KEYS, Jitted, predict_outputs
 from tiodepth_jax.losses import TRAINING_LOSSES, terms_from_config
 from tiodepth_jax.metrics import depth_metrics, mean_metrics
@@ -82,13 +82,14 @@ def resolve_geometry(cfg: TrainConfig, samples) -> TrainConfig:
     d2d = samples.fx_baseline() if from_data else m.d2d
     try:
         model = m.resolve_geometry(d2d)
+        resolved = dataclasses.replace(cfg, model=model)
     except ValueError as e:
         source = "the training set's fx * baseline" if from_data else "model.d2d"
-        raise ConfigError(f"model (d2d {d2d:.6g} from {source}): {e}") from None
+        raise ConfigError(f"{e} (d2d {d2d:.6g} from {source})") from None
     log.info("stereo geometry%s at width %d: d2d = fx * baseline = %.6g, bins %.6g .. %.6g px (depth %.6g .. "
              "%.6g m)", " from the training set" if from_data else "", cfg.data.image_size[1], model.d2d,
              model.min_disp, model.max_disp, model.d2d / model.max_disp, model.d2d / model.min_disp)
-    return dataclasses.replace(cfg, model=model)
+    return resolved
 
 
 def loss_terms(cfg: TrainConfig) -> dict:
@@ -121,7 +122,8 @@ def val_set(cfg: TrainConfig):
 def val_batches(cfg: TrainConfig, val_ds):
     """(inputs (B, ...) numpy, [ground truth of each sample]) of the validation set, ``val.batch_size`` at a time.
 
-    Ground truth: {'depth_gt': (H, W)} and, from KITTI 2015, 'disp_gt' (H, W) at the native resolution.
+    Ground truth at the native resolution: {'depth_gt': (H, W)} and, from TFDS sets, 'disp_gt' (H, W) (KITTI
+    2015's, or K[0, 0] * baseline / depth_gt: `evaluate.disparity_gt`), so that EPE / D1 are scored too.
     """
     n = len(val_ds) if cfg.val.max_samples is None else min(len(val_ds), cfg.val.max_samples)
     for start in range(0, n, cfg.val.batch_size):
@@ -130,9 +132,10 @@ def val_batches(cfg: TrainConfig, val_ds):
             b = val_ds.batch(idx)
             gts = [{"depth_gt": d[..., 0]} for d in b["depth_gt"]]
         else:
-            samples = [eval_sample(val_ds[i], full_size=cfg.val.image_size) for i in idx]
+            records = [val_ds[i] for i in idx]
+            samples = [eval_sample(record, full_size=cfg.val.image_size) for record in records]
             b = {k: np.stack([x[k] for x in samples]) for k in ("color_s", "color_o", "direct")}
-            gts = [{k: x[k] for k in ("depth_gt", "disp_gt") if k in x} for x in samples]
+            gts = [{"depth_gt": x["depth_gt"], "disp_gt": disparity_gt(record)} for x, record in zip(samples, records)]
         yield {k: b[k] for k in ("color_s", "color_o", "direct")}, gts
 
 
@@ -481,7 +484,9 @@ class Trainer:
         modes = cfg.val.modes
         forward = self.forward()
         synthetic = isinstance(self.val_ds, SyntheticStereo)
-        opts = MetricOptions(metric=cfg.val.metric, min_depth=cfg.val.min_depth, max_depth=cfg.val.max_depth)
+        crop = default_crop(cfg.val_dataset[0]) if cfg.val.crop == "auto" else cfg.val.crop
+        opts = MetricOptions(metric=cfg.val.metric, min_depth=cfg.val.min_depth, max_depth=cfg.val.max_depth,
+                             crop=crop)
         per_mode: dict = {mode: [] for mode in modes}
         first = None
         for inputs, gts in val_batches(cfg, self.val_ds):
