@@ -177,6 +177,8 @@ def test_bad_values_name_the_key(tmp_path):
         load_config(write(tmp_path, "y.yaml", "workdir: w\ndata: {name: kiti}\n"))
     with raises("mesh.fsdp: only one mesh axis can be -1"):
         load_config(minimal(tmp_path, "mesh: {data: -1, fsdp: -1}\n"))
+    with raises("data.repeat: must be >= 1, got 0"):
+        load_config(BASE, ["data.repeat=0"])
 
 
 def test_missing_required_keys(tmp_path):

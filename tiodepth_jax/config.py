@@ -172,6 +172,7 @@ class DataConfig:
     scale_range: tuple[Float, Float] | None = (0.75, 1.5)  # random resize factor range; None = off
     color_aug_prob: Float = 0.5                   # probability of the gamma/brightness/colour augmentation
     shuffle: bool = True
+    repeat: int = 1                               # passes over the dataset per epoch, each in its own order
     num_workers: int = 4                          # loader worker threads/processes (0 = in the main thread)
     synthetic: dict = dataclasses.field(default_factory=dict, hash=False)  # options of the synthetic dataset
 
@@ -195,6 +196,8 @@ class DataConfig:
         if not 0 <= self.color_aug_prob <= 1:
             _fail("color_aug_prob", f"must lie in [0, 1], got {self.color_aug_prob}")
         _non_negative(self, "num_workers")
+        if self.repeat < 1:
+            _fail("repeat", f"must be >= 1, got {self.repeat}")
 
     def require_data_dir(self) -> str:
         """`data_dir`, or an error telling the user to set it (a dataset other than 'synthetic' needs it)."""

@@ -4,8 +4,8 @@
 
 Per epoch e (1-based) the active groups and their learning-rate factors follow the config's schedule;
 one compiled step exists per active-group set. The batches come from a grain pipeline
-(tiodepth_jax.data.pipeline): the order of epoch e is a permutation drawn from (seed, e) and each sample's
-augmentation from (seed, e, position), so a run resumed from a checkpoint (which records the epoch and the
+(tiodepth_jax.data.pipeline): the order of epoch e is `data.repeat` permutations drawn from (seed, e) and each
+sample's augmentation from (seed, e, position in the epoch), so a run resumed from a checkpoint (which records the epoch and the
 grain iterator's state) sees exactly the batches an uninterrupted run would.
 
 The loop waits for the device only at logging steps and before a save: the steps' metrics stay on the device
@@ -34,7 +34,8 @@ from tiodepth_jax.checkpoint import BEST_KEY, load_model
 from tiodepth_jax.colormap import colorize
 from tiodepth_jax.config import ConfigError, TrainConfig
 from tiodepth_jax.data.augment import eval_sample
-from tiodepth_jax.data.pipeline import RecordSamples, SyntheticSamples, check_batch_size, epoch_batches, open_source
+from tiodepth_jax.data.pipeline import (RecordSamples, SyntheticSamples, check_batch_size, epoch_batches, open_source,
+                                        steps_per_epoch)
 from tiodepth_jax.data.synthetic import SceneConfig, SyntheticStereo
 from tiodepth_jax.errors import InputError, InputExistsError, InputNotFoundError, NonFiniteError, StorageError
 from tiodepth_jax.evaluate import MetricOptions, evaluate_prediction
@@ -119,7 +120,7 @@ def val_batches(cfg: TrainConfig, val_ds):
 def batches(cfg: TrainConfig, samples, epoch: int):
     """This process's batches of ``epoch`` (a grain IterDataset, see pipeline.epoch_batches)."""
     return epoch_batches(samples, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, shuffle=cfg.data.shuffle,
-                         process_index=jax.process_index(), process_count=jax.process_count(),
+                         repeat=cfg.data.repeat, process_index=jax.process_index(), process_count=jax.process_count(),
                          num_threads=cfg.data.num_workers)
 
 
@@ -165,7 +166,7 @@ class Trainer:
         self.tx = optimizer(cfg.optim)
         self.loss_terms = loss_terms(cfg)
         self.train_ds, self.val_ds = train_samples(cfg), val_set(cfg) if cfg.val.every_n_epochs else None
-        check_batch_size(len(self.train_ds), cfg.batch_size, jax.process_count())
+        check_batch_size(len(self.train_ds), cfg.batch_size, jax.process_count(), cfg.data.repeat)
         self.batch_sharding = batch_sharding(self.mesh)
         self.workdir = Path(cfg.workdir)
         created = not self.workdir.exists()
@@ -297,7 +298,7 @@ class Trainer:
         last_val = {}
         if global_step == 0 and cfg.val.at_start and cfg.val.every_n_epochs:
             last_val = self.validate(epoch=0, global_step=0)
-        n_steps = len(self.train_ds) // cfg.batch_size
+        n_steps = steps_per_epoch(len(self.train_ds), cfg.batch_size, cfg.data.repeat)
         while epoch <= cfg.epochs:
             active = active_groups(self.groups, epoch)
             factors = lr_factors(self.groups, epoch)
