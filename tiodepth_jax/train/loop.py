@@ -5,8 +5,8 @@
 Per epoch e (1-based) the active groups and their learning-rate factors follow the config's schedule;
 one compiled step exists per active-group set. The batches come from a grain pipeline
 (tiodepth_jax.data.pipeline): the order of epoch e is `data.repeat` permutations drawn from (seed, e) and each
-sample's augmentation from (seed, e, position in the epoch), so a run resumed from a checkpoint (which records the epoch and the
-grain iterator's state) sees exactly the batches an uninterrupted run would.
+sample's augmentation comes from (seed, e, position in the epoch), so a run resumed from a checkpoint (which
+records the epoch and the grain iterator's state) sees exactly the batches an uninterrupted run would.
 
 The loop waits for the device only at logging steps and before a save: the steps' metrics stay on the device
 until then, and are then appended to <workdir>/losses.jsonl (every step's, rewound to the checkpoint on
@@ -147,6 +147,19 @@ def _nonfinite_terms(entry: dict) -> str:
     """The loss terms of a losses.jsonl entry that are not finite (or the state, when the losses are)."""
     terms = [k for k, v in entry.items() if isinstance(v, float) and not np.isfinite(v)]
     return ", ".join(terms) if terms else "parameters or statistics after the update (the losses are finite)"
+
+
+def val_score(result: dict, mode: str, metric: str, reference: dict | None) -> tuple[float, dict | None]:
+    """(checkpoint ranking score, lower is better; mean_rel reference) of the validation `result` on path `mode`.
+
+    `metric` 'mean_rel' is the original's "best" rule, the mean relative change of the 7 depth metrics against
+    `reference` (the first validation's: None makes this one the reference); any other name is that metric,
+    negated where higher is better (a1, a2, a3)."""
+    if metric != "mean_rel":
+        return SIGNS[metric] * float(result[f"val/{mode}/{metric}"]), reference
+    now = {k: result[f"val/{mode}/{k}"] for k in LOWER_IS_BETTER}
+    ref = now if reference is None else reference
+    return float(np.mean([s * (now[k] - ref[k]) / max(abs(ref[k]), 1e-12) for k, s in LOWER_IS_BETTER.items()])), ref
 
 
 def to_global(batch: dict, sharding) -> dict:
@@ -492,15 +505,7 @@ class Trainer:
         return result
 
     def _score(self, result: dict) -> float:
-        """The checkpoint ranking score of a validation, lower is better, of the last validated path:
-        `checkpoint.best_metric` 'mean_rel' is the original's "best" rule, the mean relative change of the 7
-        depth metrics against the first validation (signs per metric); any other name is that metric,
-        negated where higher is better (a1, a2, a3)."""
-        mode, metric = self.cfg.val.modes[-1], self.cfg.checkpoint.best_metric
-        if metric != "mean_rel":
-            return SIGNS[metric] * float(result[f"val/{mode}/{metric}"])
-        now = {k: result[f"val/{mode}/{k}"] for k in LOWER_IS_BETTER}
-        if self.val_reference is None:
-            self.val_reference = now
-        ref = self.val_reference
-        return float(np.mean([s * (now[k] - ref[k]) / max(abs(ref[k]), 1e-12) for k, s in LOWER_IS_BETTER.items()]))
+        """The checkpoint ranking score of a validation (see `val_score`), of the path `cfg.ranked_mode`."""
+        score, self.val_reference = val_score(result, self.cfg.ranked_mode, self.cfg.checkpoint.best_metric,
+                                              self.val_reference)
+        return score
