@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from tiodepth_jax.checkpoint import BEST_KEY, load_model
 from tiodepth_jax.colormap import colorize
-from tiodepth_jax.config import ConfigError, TrainConfig
+from tiodepth_jax.config import GROUPS, VAL_MODES, ConfigError, TrainConfig
 from tiodepth_jax.data.augment import eval_sample
 from tiodepth_jax.data.pipeline import (RecordSamples, SyntheticSamples, check_batch_size, epoch_batches, open_source,
                                         steps_per_epoch)
@@ -49,12 +49,14 @@ from tiodepth_jax.train.optim import active_groups, lr_factors, optimizer
 from tiodepth_jax.train.sharding import batch_sharding, make_mesh, replicated, state_shardings
 from tiodepth_jax.train.lock import WorkdirLock
 from tiodepth_jax.train.preemption import StopSignals
+from tiodepth_jax.train.progress import compiling
 from tiodepth_jax.train.step import guard_nonfinite, init_state, make_step
 from tiodepth_jax.train.summary import SummaryWriter
 
 LOWER_IS_BETTER = {"abs_rel": 1, "sq_rel": 1, "rmse": 1, "rmse_log": 1, "a1": -1, "a2": -1, "a3": -1}
 SIGNS = {**LOWER_IS_BETTER, "epe_all": 1, "d1_all": 1}  # +1: lower is better, -1: higher is better
 VAL_SEED_OFFSET = 1_000_000  # validation scenes never coincide with training scenes
+STAGES = dict(zip(GROUPS, VAL_MODES))  # param_group<k> -> the stage it trains (Mono, Stereo, Refine)
 log = logging.getLogger(__name__)
 
 
@@ -166,6 +168,11 @@ def to_global(batch: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+def image_inputs(batch: dict) -> dict:
+    """The evaluation forward's input of the training image summaries: the batch's first sample."""
+    return {k: batch[k][:1] for k in ("color_s", "color_o", "direct")}
+
+
 class Trainer:
     """A training run of `cfg`. Everything that can fail on the user's input (data, checkpoints to start
     from, mesh, a workdir held by another run) is checked before anything is written: a failing `Trainer(cfg)`
@@ -194,8 +201,10 @@ class Trainer:
             if created and jax.process_index() == 0:
                 shutil.rmtree(self.workdir)
             raise
-        self._steps: dict = {}
+        self._steps: dict = {}  # active groups -> their jitted step
+        self._undo = jnp.bool_(cfg.optim.skip_nonfinite > 0)  # the steps' `undo` argument (guard_nonfinite)
         self._forward = None  # the jitted evaluation forward (validation and image summaries)
+        self._compiled: set = set()  # the programs compiled ahead of their first call (see `_compile`)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = TrainCheckpoints(cfg.checkpoint_dir, keep=cfg.checkpoint.keep or 1_000_000,
                                             keep_best=cfg.checkpoint.keep_best,
@@ -252,23 +261,49 @@ class Trainer:
         log.info(f"encoder initialised from {path}")
         return nnx.from_flat_state(flat)
 
-    def step_fn(self, active: tuple[str, ...]):
-        """The jitted iteration of the `active` groups: step(state, vgg_params, batch, lr_factors)."""
+    def _jitted_step(self, active: tuple[str, ...]):
+        """The jitted iteration of the `active` groups: step(state, vgg_params, batch, lr_factors, undo)."""
         if active not in self._steps:
             step = make_step(self.graphdef, self.vgg_graphdef, self.groups, active, self.loss_terms, self.frozen,
                              self.tx)
             rep = replicated(self.mesh)
-            jitted = jax.jit(guard_nonfinite(step),
-                             in_shardings=(self.state_sharding, rep, self.batch_sharding, rep, rep),
-                             out_shardings=(self.state_sharding, rep), donate_argnums=(0,))
-            undo = jnp.bool_(self.cfg.optim.skip_nonfinite > 0)
-            self._steps[active] = lambda state, vgg_params, batch, factors: jitted(state, vgg_params, batch, factors,
-                                                                                 undo)
+            self._steps[active] = jax.jit(guard_nonfinite(step),
+                                          in_shardings=(self.state_sharding, rep, self.batch_sharding, rep, rep),
+                                          out_shardings=(self.state_sharding, rep), donate_argnums=(0,))
         return self._steps[active]
+
+    def step_fn(self, active: tuple[str, ...]):
+        """The jitted iteration of the `active` groups: step(state, vgg_params, batch, lr_factors)."""
+        jitted = self._jitted_step(active)
+        return lambda state, vgg_params, batch, factors: jitted(state, vgg_params, batch, factors, self._undo)
 
     def model(self):
         """The current model (eval use)."""
         return nnx.merge(self.graphdef, self.state["params"], self.state["batch_stats"])
+
+    def _compile(self, epoch: int, active: tuple[str, ...], batch: dict, factors: dict, steps: range) -> None:
+        """Compile what the global `steps` of `epoch` run and was not compiled yet, each announced and timed
+        (train/progress.py): the step of the `active` groups on `batch` and, if one of the steps writes
+        training images, the forward on their input. jit's calls on such arguments run these programs, so
+        no first step and no progress-bar rate includes a compile of minutes."""
+        if active not in self._compiled:
+            stages = "+".join(STAGES[name] for name in active)
+            with compiling(f"the training step for stages {stages} (first step of epoch {epoch})"):
+                self._jitted_step(active).lower(self.state, self.vgg_params, batch, factors, self._undo).compile()
+            self._compiled.add(active)
+        every = self.cfg.logging.image_every_n_steps
+        if every and any(s % every == 0 for s in steps):
+            self._compile_forward(image_inputs(batch), f"training images of epoch {epoch}")
+
+    def _compile_forward(self, inputs: dict, purpose: str) -> None:
+        """Compile the evaluation forward on `inputs`, announced and timed, unless it was for their shapes."""
+        key = tuple((k, v.shape, v.sharding) for k, v in sorted(inputs.items()))
+        if key not in self._compiled:
+            n, h, w = inputs["color_s"].shape[:3]
+            with compiling(f"the evaluation forward ({'+'.join(self.cfg.val.modes)}) on {n} x {h}x{w} images "
+                           f"({purpose})"):
+                self.forward().lower(inputs).compile()
+            self._compiled.add(key)
 
     # ----- the run ---------------------------------------------------------------------------------------
 
@@ -321,11 +356,16 @@ class Trainer:
             if data_state is not None:
                 data.set_state(data_state)
                 data_state = None
+            if start_step < n_steps:  # the epoch's first batch compiles what it needs before the bar starts
+                batch = to_global(next(data), self.batch_sharding)
+                steps_left = range(global_step + 1, global_step + 1 + n_steps - start_step)  # global step numbers
+                self._compile(epoch, active, batch, factors, steps_left)
             self._bar = tqdm(total=n_steps, initial=start_step, desc=f"epoch {epoch}/{cfg.epochs}",
                              disable=jax.process_index() != 0)
             self._since = time.perf_counter()  # images / s over the steps between two flushes
             for i in range(start_step, n_steps):
-                batch = to_global(next(data), self.batch_sharding)
+                if i > start_step:
+                    batch = to_global(next(data), self.batch_sharding)
                 self.state, metrics = step(self.state, self.vgg_params, batch, factors)
                 global_step += 1
                 if self._pending:  # at most two steps in flight: the host never runs far ahead of the device
@@ -453,7 +493,7 @@ class Trainer:
 
     def _log_images(self, global_step: int, batch: dict):
         """Image summaries of the first training sample: its target view and each path's inverse depth."""
-        first = {k: batch[k][:1] for k in ("color_s", "color_o", "direct")}
+        first = image_inputs(batch)
         out = jax.device_get(self.forward()(first))
         if jax.process_index() != 0:
             return
@@ -478,7 +518,9 @@ class Trainer:
         per_mode: dict = {mode: [] for mode in modes}
         first = None
         for inputs, gts in val_batches(cfg, self.val_ds):
-            out = jax.device_get(forward({k: jnp.asarray(v) for k, v in inputs.items()}))
+            inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+            self._compile_forward(inputs, f"validation after epoch {epoch}")
+            out = jax.device_get(forward(inputs))
             for i, gt in enumerate(gts):
                 if synthetic:
                     scores = {mode: depth_metrics(out[DEPTH_KEYS[mode]][i, ..., 0], gt["depth_gt"],
