@@ -96,8 +96,8 @@ def test_repeat_passes_over_the_dataset_within_an_epoch():
     assert len({tuple(p) for p in passes}) > 1  # each pass in its own order
     draws = np.concatenate([b["direct"][:, 0] for b in out])
     assert len(set(draws)) == 20  # a fresh augmentation for every copy
-    one = pipeline.epoch_order(5, 4, seed=7, epoch=3)
-    np.testing.assert_array_equal(pipeline.epoch_order(5, 4, seed=7, epoch=3, repeat=4)[:4], one)  # repeat 1: as before
+    first_pass = pipeline.epoch_order(5, 4, seed=7, epoch=3, repeat=4)[:4]
+    np.testing.assert_array_equal(first_pass, pipeline.epoch_order(5, 4, seed=7, epoch=3))  # repeat 1's order
     # the last incomplete batch of all passes together is dropped; a single pair fills batches once repeated
     assert len(pipeline.epoch_order(5, 4, seed=7, epoch=3, repeat=3)) == 12
     with pytest.raises(ValueError, match=r"has 1 samples \(4 with data.repeat 4\), fewer than batch_size 8"):
