@@ -177,6 +177,8 @@ def test_bad_values_name_the_key(tmp_path):
         load_config(write(tmp_path, "y.yaml", "workdir: w\ndata: {name: kiti}\n"))
     with raises("mesh.fsdp: only one mesh axis can be -1"):
         load_config(minimal(tmp_path, "mesh: {data: -1, fsdp: -1}\n"))
+    with raises("data.repeat: must be >= 1, got 0"):
+        load_config(BASE, ["data.repeat=0"])
 
 
 def test_missing_required_keys(tmp_path):
@@ -216,6 +218,26 @@ def test_best_metric_needs_its_validation_metric():
     with raises("checkpoint.best_metric: d1_all is computed on TFDS validation sets with ground truth"):
         load_config(BASE, ["checkpoint.best_metric=d1_all", "val.name=synthetic"])
     assert load_config(BASE, ["checkpoint.best_metric=d1_all"])  # EPE / D1 from the Eigen test set's depth
+
+
+def test_best_ranks_the_path_of_best_mode():
+    from tiodepth_jax.train.loop import val_score
+    assert load_config(BASE).ranked_mode == "Refine"  # the last of val.modes
+    assert load_config(BASE, ["val.modes=[Stereo, Mono]"]).ranked_mode == "Mono"
+    assert load_config(BASE, ["checkpoint.best_mode=Stereo"]).ranked_mode == "Stereo"
+    with raises("checkpoint.best_mode: Refine is not validated: val.modes is ['Mono', 'Stereo']"):
+        load_config(BASE, ["checkpoint.best_mode=Refine", "val.modes=[Mono, Stereo]"])
+    with raises("checkpoint.best_mode: expected one of 'Mono', 'Stereo', 'Refine' or null, got 'refine'"):
+        load_config(BASE, ["checkpoint.best_mode=refine"])
+    metrics = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+    first = {f"val/{m}/{k}": 1.0 for m in ("Mono", "Stereo") for k in metrics}
+    later = {**first, "val/Mono/abs_rel": 0.5, "val/Stereo/abs_rel": 2.0, "val/Stereo/a1": 0.5}
+    assert val_score(later, "Mono", "abs_rel", None) == (0.5, None)
+    assert val_score(later, "Stereo", "a1", None) == (-0.5, None)  # higher is better: negated
+    _, reference = val_score(first, "Stereo", "mean_rel", None)  # the first validation is the reference
+    assert reference == {k: 1.0 for k in metrics}
+    assert val_score(later, "Stereo", "mean_rel", reference)[0] == pytest.approx((1.0 + 0.5) / 7)
+    assert val_score(later, "Mono", "mean_rel", reference)[0] == pytest.approx(-0.5 / 7)
 
 
 def test_model_configs_use_the_same_checks():

@@ -69,3 +69,51 @@ def test_errors_name_the_problem(tmp_path):
         pipeline.SyntheticSamples(SCENES, crop_size=(42, 56))
     with pytest.raises(pipeline.DatasetNotBuiltError, match="python -m tiodepth_jax.data.build kitti_raw"):
         pipeline.open_source("kitti_raw", tmp_path, "train")
+
+
+class Records:
+    """`n` records whose every array holds the record's index, plus one draw of the sample's generator."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def sample(self, index, rng):
+        draw = rng.random()
+        return {k: np.full(2, draw if k == "direct" else index) for k in pipeline.TRAIN_KEYS}
+
+
+def test_repeat_passes_over_the_dataset_within_an_epoch():
+    """data.repeat: every record `repeat` times per epoch, each pass in its own order, each copy with its own
+    augmentation draw; one pair 16 times over makes an epoch."""
+    assert pipeline.steps_per_epoch(1, batch_size=8, repeat=16) == 2 and pipeline.steps_per_epoch(5, 4, 3) == 3
+    out = list(pipeline.epoch_batches(Records(5), batch_size=4, seed=7, epoch=3, repeat=4, num_threads=0))
+    assert len(out) == 5
+    passes = np.concatenate([b["color_s"][:, 0] for b in out]).astype(int).reshape(4, 5)
+    assert all(sorted(p) == list(range(5)) for p in passes)  # every record once per pass, 4 times per epoch
+    assert len({tuple(p) for p in passes}) > 1  # each pass in its own order
+    draws = np.concatenate([b["direct"][:, 0] for b in out])
+    assert len(set(draws)) == 20  # a fresh augmentation for every copy
+    first_pass = pipeline.epoch_order(5, 4, seed=7, epoch=3, repeat=4)[:4]
+    np.testing.assert_array_equal(first_pass, pipeline.epoch_order(5, 4, seed=7, epoch=3))  # repeat 1's order
+    # the last incomplete batch of all passes together is dropped; a single pair fills batches once repeated
+    assert len(pipeline.epoch_order(5, 4, seed=7, epoch=3, repeat=3)) == 12
+    with pytest.raises(ValueError, match=r"has 1 samples \(4 with data.repeat 4\), fewer than batch_size 8"):
+        pipeline.epoch_batches(Records(1), batch_size=8, seed=0, epoch=1, repeat=4)
+    assert len(list(pipeline.epoch_batches(Records(1), batch_size=8, seed=0, epoch=1, repeat=16, num_threads=0))) == 2
+
+
+def test_repeat_keeps_process_shares_and_resume():
+    kw = dict(batch_size=4, seed=1, epoch=2, repeat=3, num_threads=0)
+    whole = list(pipeline.epoch_batches(Records(5), **kw))
+    shares = [list(pipeline.epoch_batches(Records(5), process_index=i, process_count=2, **kw)) for i in range(2)]
+    for step, b in enumerate(whole):
+        for i in range(2):
+            np.testing.assert_array_equal(b["direct"][i::2], shares[i][step]["direct"])
+    it = iter(pipeline.epoch_batches(Records(5), **kw))
+    next(it), next(it)
+    resumed = iter(pipeline.epoch_batches(Records(5), **kw))
+    resumed.set_state(it.get_state())
+    assert_batches_equal(whole[2:], list(resumed))

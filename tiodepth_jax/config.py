@@ -172,6 +172,7 @@ class DataConfig:
     scale_range: tuple[Float, Float] | None = (0.75, 1.5)  # random resize factor range; None = off
     color_aug_prob: Float = 0.5                   # probability of the gamma/brightness/colour augmentation
     shuffle: bool = True
+    repeat: int = 1                               # passes over the dataset per epoch, each in its own order
     num_workers: int = 4                          # loader worker threads/processes (0 = in the main thread)
     synthetic: dict = dataclasses.field(default_factory=dict, hash=False)  # options of the synthetic dataset
 
@@ -195,6 +196,8 @@ class DataConfig:
         if not 0 <= self.color_aug_prob <= 1:
             _fail("color_aug_prob", f"must lie in [0, 1], got {self.color_aug_prob}")
         _non_negative(self, "num_workers")
+        if self.repeat < 1:
+            _fail("repeat", f"must be >= 1, got {self.repeat}")
 
     def require_data_dir(self) -> str:
         """`data_dir`, or an error telling the user to set it (a dataset other than 'synthetic' needs it)."""
@@ -301,9 +304,11 @@ class CheckpointConfig:
     every_n_epochs: int = 1                       # 0 = never (the original's --save_freq)
     every_n_steps: int = 0                        # 0 = never
     keep: int | None = 3                          # keep the last N periodic checkpoints; None = all
-    keep_best: bool = True                        # also keep the best checkpoint per validated path
+    keep_best: bool = True                        # also keep the best checkpoint (best_metric of best_mode)
     best_metric: str = "mean_rel"                 # 'mean_rel' = the original's average relative change of
                                                   # the 7 depth metrics, or one metric (abs_rel, a1, ...)
+    best_mode: Literal["Mono", "Stereo", "Refine"] | None = None  # the validated path ranked; None = the last
+                                                  # of val.modes
     async_save: bool = True                       # save in the background (orbax async checkpointing)
     resume: bool = True                           # continue from the newest checkpoint in `dir` if any
 
@@ -366,6 +371,9 @@ class TrainConfig:
         if any(c > s for c, s in zip(self.crop_size, self.data.image_size)):
             _fail("model.image_size", f"the training crop {list(self.crop_size)} is larger than data.image_size "
                                       f"{list(self.data.image_size)}")
+        if self.checkpoint.best_mode is not None and self.checkpoint.best_mode not in self.val.modes:
+            _fail("checkpoint.best_mode", f"{self.checkpoint.best_mode} is not validated: val.modes is "
+                                          f"{list(self.val.modes)}")
         if self.checkpoint.best_metric in ("epe_all", "d1_all") and self.val_dataset[0] == "synthetic":
             _fail("checkpoint.best_metric", f"{self.checkpoint.best_metric} is computed on TFDS validation sets "
                                             f"with ground truth, not on the synthetic scenes")
@@ -407,6 +415,11 @@ class TrainConfig:
     @property
     def crop_size(self) -> tuple[int, int]:
         return tuple(self.data.crop_size or self.model.image_size)
+
+    @property
+    def ranked_mode(self) -> str:
+        """The validated path whose metrics rank the checkpoints (checkpoint.best_mode, or the last of val.modes)."""
+        return self.checkpoint.best_mode or self.val.modes[-1]
 
     @property
     def checkpoint_dir(self) -> str:

@@ -9,9 +9,11 @@ sample, spec §6.5, NHWC without the batch axis). Two exist:
 
 :func:`epoch_batches` turns a source into this process's share of every global batch of one epoch:
 
-* the epoch's order is a permutation drawn from ``(seed, epoch)``; the last incomplete batch is dropped;
+* the epoch's order is the source's indices ``repeat`` times over (``data.repeat``, for a small dataset),
+  each time in a permutation drawn from ``(seed, epoch)``; the last incomplete batch is dropped;
 * the sample at position ``p`` of the order is augmented with ``np.random.default_rng([seed, epoch, p])``,
-  so a sample's augmentation does not depend on the number of hosts, the batch it falls in or the threads;
+  so a sample's augmentation does not depend on the number of hosts, the batch it falls in or the threads,
+  and each repetition of a sample gets its own;
 * process ``i`` of ``n`` loads positions ``i, i + n, ...`` of each global batch;
 * grain reads ahead with ``num_threads`` threads and a prefetch buffer; the iterator's ``get_state()``
   (batches consumed) goes into the checkpoint and ``set_state()`` resumes on exactly the next batch.
@@ -118,10 +120,17 @@ class SyntheticSamples:
         return {k: v[top:top + ch, left:left + cw] if v.ndim == 3 else v for k, v in s.items()}
 
 
-def epoch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
-    """Sample indices of one epoch in order, truncated to whole global batches (drop_last)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    return order[: n // batch_size * batch_size]
+def steps_per_epoch(n: int, batch_size: int, repeat: int = 1) -> int:
+    """Global batches in an epoch of `n` samples each seen `repeat` times (drop_last)."""
+    return n * repeat // batch_size
+
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True, repeat: int = 1) -> np.ndarray:
+    """Sample indices of one epoch in order: `repeat` passes over the `n` samples, each in its own permutation
+    (or in index order), truncated to whole global batches (drop_last)."""
+    rng = np.random.default_rng([seed, epoch])
+    order = np.concatenate([rng.permutation(n) if shuffle else np.arange(n) for _ in range(repeat)])
+    return order[: steps_per_epoch(n, batch_size, repeat) * batch_size]
 
 
 def load_batch(samples, order: np.ndarray, step: int, *, batch_size: int, seed: int, epoch: int,
@@ -132,24 +141,25 @@ def load_batch(samples, order: np.ndarray, step: int, *, batch_size: int, seed: 
     return {k: np.stack([s[k] for s in picked]).astype(np.float32) for k in TRAIN_KEYS}
 
 
-def check_batch_size(n: int, batch_size: int, process_count: int = 1) -> None:
-    """InputError unless `n` samples make at least one global batch shared evenly by the processes."""
+def check_batch_size(n: int, batch_size: int, process_count: int = 1, repeat: int = 1) -> None:
+    """InputError unless `n` samples, `repeat` times over, make at least one global batch shared evenly by the
+    processes."""
     if batch_size % process_count:
         raise InputError(f"batch_size {batch_size} is not divisible by the {process_count} processes")
-    if n < batch_size:
-        raise InputError(f"the dataset has {n} samples, fewer than batch_size {batch_size}")
+    if not steps_per_epoch(n, batch_size, repeat):
+        repeated = f" ({n * repeat} with data.repeat {repeat})" if repeat > 1 else ""
+        raise InputError(f"the dataset has {n} samples{repeated}, fewer than batch_size {batch_size}")
 
 
-def epoch_batches(samples, *, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
+def epoch_batches(samples, *, batch_size: int, seed: int, epoch: int, shuffle: bool = True, repeat: int = 1,
                   process_index: int = 0, process_count: int = 1, num_threads: int = 2, prefetch: int = 2):
     """A grain ``IterDataset`` of this process's batches of one epoch (see the module docstring).
 
     ``iter(...)`` gives an iterator with ``get_state()`` / ``set_state(state)``.
     """
-    check_batch_size(len(samples), batch_size, process_count)
-    order = epoch_order(len(samples), batch_size, seed, epoch, shuffle)
-    n_steps = len(order) // batch_size
-    batches = grain.MapDataset.range(n_steps).map(
+    check_batch_size(len(samples), batch_size, process_count, repeat)
+    order = epoch_order(len(samples), batch_size, seed, epoch, shuffle, repeat)
+    batches = grain.MapDataset.range(len(order) // batch_size).map(
         lambda step: load_batch(samples, order, step, batch_size=batch_size, seed=seed, epoch=epoch,
                                 process_index=process_index, process_count=process_count))
     return batches.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,

@@ -4,9 +4,9 @@
 
 Per epoch e (1-based) the active groups and their learning-rate factors follow the config's schedule;
 one compiled step exists per active-group set. The batches come from a grain pipeline
-(tiodepth_jax.data.pipeline): the order of epoch e is a permutation drawn from (seed, e) and each sample's
-augmentation from (seed, e, position), so a run resumed from a checkpoint (which records the epoch and the
-grain iterator's state) sees exactly the batches an uninterrupted run would.
+(tiodepth_jax.data.pipeline): the order of epoch e is `data.repeat` permutations drawn from (seed, e) and each
+sample's augmentation comes from (seed, e, position in the epoch), so a run resumed from a checkpoint (which
+records the epoch and the grain iterator's state) sees exactly the batches an uninterrupted run would.
 
 The loop waits for the device only at logging steps and before a save: the steps' metrics stay on the device
 until then, and are then appended to <workdir>/losses.jsonl (every step's, rewound to the checkpoint on
@@ -33,9 +33,10 @@ from tqdm import tqdm
 
 from tiodepth_jax.checkpoint import BEST_KEY, load_model
 from tiodepth_jax.colormap import colorize
-from tiodepth_jax.config import ConfigError, TrainConfig
+from tiodepth_jax.config import GROUPS, VAL_MODES, ConfigError, TrainConfig
 from tiodepth_jax.data.augment import eval_sample
-from tiodepth_jax.data.pipeline import RecordSamples, SyntheticSamples, check_batch_size, epoch_batches, open_source
+from tiodepth_jax.data.pipeline import (RecordSamples, SyntheticSamples, check_batch_size, epoch_batches, open_source,
+                                        steps_per_epoch)
 from tiodepth_jax.data.synthetic import SceneConfig, SyntheticStereo
 from tiodepth_jax.errors import InputError, InputExistsError, InputNotFoundError, NonFiniteError, StorageError
 from tiodepth_jax.evaluate import MetricOptions, default_crop, disparity_gt, evaluate_prediction
@@ -49,12 +50,14 @@ from tiodepth_jax.train.optim import active_groups, lr_factors, optimizer
 from tiodepth_jax.train.sharding import batch_sharding, make_mesh, replicated, state_shardings
 from tiodepth_jax.train.lock import WorkdirLock
 from tiodepth_jax.train.preemption import StopSignals
+from tiodepth_jax.train.progress import compiling
 from tiodepth_jax.train.step import guard_nonfinite, init_state, make_step
 from tiodepth_jax.train.summary import SummaryWriter
 
 LOWER_IS_BETTER = {"abs_rel": 1, "sq_rel": 1, "rmse": 1, "rmse_log": 1, "a1": -1, "a2": -1, "a3": -1}
 SIGNS = {**LOWER_IS_BETTER, "epe_all": 1, "d1_all": 1}  # +1: lower is better, -1: higher is better
 VAL_SEED_OFFSET = 1_000_000  # validation scenes never coincide with training scenes
+STAGES = dict(zip(GROUPS, VAL_MODES))  # param_group<k> -> the stage it trains (Mono, Stereo, Refine)
 log = logging.getLogger(__name__)
 
 
@@ -142,7 +145,7 @@ def val_batches(cfg: TrainConfig, val_ds):
 def batches(cfg: TrainConfig, samples, epoch: int):
     """This process's batches of ``epoch`` (a grain IterDataset, see pipeline.epoch_batches)."""
     return epoch_batches(samples, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, shuffle=cfg.data.shuffle,
-                         process_index=jax.process_index(), process_count=jax.process_count(),
+                         repeat=cfg.data.repeat, process_index=jax.process_index(), process_count=jax.process_count(),
                          num_threads=cfg.data.num_workers)
 
 
@@ -171,8 +174,26 @@ def _nonfinite_terms(entry: dict) -> str:
     return ", ".join(terms) if terms else "parameters or statistics after the update (the losses are finite)"
 
 
+def val_score(result: dict, mode: str, metric: str, reference: dict | None) -> tuple[float, dict | None]:
+    """(checkpoint ranking score, lower is better; mean_rel reference) of the validation `result` on path `mode`.
+
+    `metric` 'mean_rel' is the original's "best" rule, the mean relative change of the 7 depth metrics against
+    `reference` (the first validation's: None makes this one the reference); any other name is that metric,
+    negated where higher is better (a1, a2, a3)."""
+    if metric != "mean_rel":
+        return SIGNS[metric] * float(result[f"val/{mode}/{metric}"]), reference
+    now = {k: result[f"val/{mode}/{k}"] for k in LOWER_IS_BETTER}
+    ref = now if reference is None else reference
+    return float(np.mean([s * (now[k] - ref[k]) / max(abs(ref[k]), 1e-12) for k, s in LOWER_IS_BETTER.items()])), ref
+
+
 def to_global(batch: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def image_inputs(batch: dict) -> dict:
+    """The evaluation forward's input of the training image summaries: the batch's first sample."""
+    return {k: batch[k][:1] for k in ("color_s", "color_o", "direct")}
 
 
 class Trainer:
@@ -189,7 +210,7 @@ class Trainer:
         self.tx = optimizer(cfg.optim)
         self.loss_terms = loss_terms(cfg)
         self.val_ds = val_set(cfg) if cfg.val.every_n_epochs else None
-        check_batch_size(len(self.train_ds), cfg.batch_size, jax.process_count())
+        check_batch_size(len(self.train_ds), cfg.batch_size, jax.process_count(), cfg.data.repeat)
         self.batch_sharding = batch_sharding(self.mesh)
         self.workdir = Path(cfg.workdir)
         created = not self.workdir.exists()
@@ -204,8 +225,10 @@ class Trainer:
             if created and jax.process_index() == 0:
                 shutil.rmtree(self.workdir)
             raise
-        self._steps: dict = {}
+        self._steps: dict = {}  # active groups -> their jitted step
+        self._undo = jnp.bool_(cfg.optim.skip_nonfinite > 0)  # the steps' `undo` argument (guard_nonfinite)
         self._forward = None  # the jitted evaluation forward (validation and image summaries)
+        self._compiled: set = set()  # the programs compiled ahead of their first call (see `_compile`)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.checkpoints = TrainCheckpoints(cfg.checkpoint_dir, keep=cfg.checkpoint.keep or 1_000_000,
                                             keep_best=cfg.checkpoint.keep_best,
@@ -262,23 +285,49 @@ class Trainer:
         log.info(f"encoder initialised from {path}")
         return nnx.from_flat_state(flat)
 
-    def step_fn(self, active: tuple[str, ...]):
-        """The jitted iteration of the `active` groups: step(state, vgg_params, batch, lr_factors)."""
+    def _jitted_step(self, active: tuple[str, ...]):
+        """The jitted iteration of the `active` groups: step(state, vgg_params, batch, lr_factors, undo)."""
         if active not in self._steps:
             step = make_step(self.graphdef, self.vgg_graphdef, self.groups, active, self.loss_terms, self.frozen,
                              self.tx)
             rep = replicated(self.mesh)
-            jitted = jax.jit(guard_nonfinite(step),
-                             in_shardings=(self.state_sharding, rep, self.batch_sharding, rep, rep),
-                             out_shardings=(self.state_sharding, rep), donate_argnums=(0,))
-            undo = jnp.bool_(self.cfg.optim.skip_nonfinite > 0)
-            self._steps[active] = lambda state, vgg_params, batch, factors: jitted(state, vgg_params, batch, factors,
-                                                                                 undo)
+            self._steps[active] = jax.jit(guard_nonfinite(step),
+                                          in_shardings=(self.state_sharding, rep, self.batch_sharding, rep, rep),
+                                          out_shardings=(self.state_sharding, rep), donate_argnums=(0,))
         return self._steps[active]
+
+    def step_fn(self, active: tuple[str, ...]):
+        """The jitted iteration of the `active` groups: step(state, vgg_params, batch, lr_factors)."""
+        jitted = self._jitted_step(active)
+        return lambda state, vgg_params, batch, factors: jitted(state, vgg_params, batch, factors, self._undo)
 
     def model(self):
         """The current model (eval use)."""
         return nnx.merge(self.graphdef, self.state["params"], self.state["batch_stats"])
+
+    def _compile(self, epoch: int, active: tuple[str, ...], batch: dict, factors: dict, steps: range) -> None:
+        """Compile what the global `steps` of `epoch` run and was not compiled yet, each announced and timed
+        (train/progress.py): the step of the `active` groups on `batch` and, if one of the steps writes
+        training images, the forward on their input. jit's calls on such arguments run these programs, so
+        no first step and no progress-bar rate includes a compile of minutes."""
+        if active not in self._compiled:
+            stages = "+".join(STAGES[name] for name in active)
+            with compiling(f"the training step for stages {stages} (first step of epoch {epoch})"):
+                self._jitted_step(active).lower(self.state, self.vgg_params, batch, factors, self._undo).compile()
+            self._compiled.add(active)
+        every = self.cfg.logging.image_every_n_steps
+        if every and any(s % every == 0 for s in steps):
+            self._compile_forward(image_inputs(batch), f"training images of epoch {epoch}")
+
+    def _compile_forward(self, inputs: dict, purpose: str) -> None:
+        """Compile the evaluation forward on `inputs`, announced and timed, unless it was for their shapes."""
+        key = tuple((k, v.shape, v.sharding) for k, v in sorted(inputs.items()))
+        if key not in self._compiled:
+            n, h, w = inputs["color_s"].shape[:3]
+            with compiling(f"the evaluation forward ({'+'.join(self.cfg.val.modes)}) on {n} x {h}x{w} images "
+                           f"({purpose})"):
+                self.forward().lower(inputs).compile()
+            self._compiled.add(key)
 
     # ----- the run ---------------------------------------------------------------------------------------
 
@@ -321,7 +370,7 @@ class Trainer:
         last_val = {}
         if global_step == 0 and cfg.val.at_start and cfg.val.every_n_epochs:
             last_val = self.validate(epoch=0, global_step=0)
-        n_steps = len(self.train_ds) // cfg.batch_size
+        n_steps = steps_per_epoch(len(self.train_ds), cfg.batch_size, cfg.data.repeat)
         while epoch <= cfg.epochs:
             active = active_groups(self.groups, epoch)
             factors = lr_factors(self.groups, epoch)
@@ -331,11 +380,16 @@ class Trainer:
             if data_state is not None:
                 data.set_state(data_state)
                 data_state = None
+            if start_step < n_steps:  # the epoch's first batch compiles what it needs before the bar starts
+                batch = to_global(next(data), self.batch_sharding)
+                steps_left = range(global_step + 1, global_step + 1 + n_steps - start_step)  # global step numbers
+                self._compile(epoch, active, batch, factors, steps_left)
             self._bar = tqdm(total=n_steps, initial=start_step, desc=f"epoch {epoch}/{cfg.epochs}",
                              disable=jax.process_index() != 0)
             self._since = time.perf_counter()  # images / s over the steps between two flushes
             for i in range(start_step, n_steps):
-                batch = to_global(next(data), self.batch_sharding)
+                if i > start_step:
+                    batch = to_global(next(data), self.batch_sharding)
                 self.state, metrics = step(self.state, self.vgg_params, batch, factors)
                 global_step += 1
                 if self._pending:  # at most two steps in flight: the host never runs far ahead of the device
@@ -463,7 +517,7 @@ class Trainer:
 
     def _log_images(self, global_step: int, batch: dict):
         """Image summaries of the first training sample: its target view and each path's inverse depth."""
-        first = {k: batch[k][:1] for k in ("color_s", "color_o", "direct")}
+        first = image_inputs(batch)
         out = jax.device_get(self.forward()(first))
         if jax.process_index() != 0:
             return
@@ -490,7 +544,9 @@ class Trainer:
         per_mode: dict = {mode: [] for mode in modes}
         first = None
         for inputs, gts in val_batches(cfg, self.val_ds):
-            out = jax.device_get(forward({k: jnp.asarray(v) for k, v in inputs.items()}))
+            inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
+            self._compile_forward(inputs, f"validation after epoch {epoch}")
+            out = jax.device_get(forward(inputs))
             for i, gt in enumerate(gts):
                 if synthetic:
                     scores = {mode: depth_metrics(out[DEPTH_KEYS[mode]][i, ..., 0], gt["depth_gt"],
@@ -517,15 +573,7 @@ class Trainer:
         return result
 
     def _score(self, result: dict) -> float:
-        """The checkpoint ranking score of a validation, lower is better, of the last validated path:
-        `checkpoint.best_metric` 'mean_rel' is the original's "best" rule, the mean relative change of the 7
-        depth metrics against the first validation (signs per metric); any other name is that metric,
-        negated where higher is better (a1, a2, a3)."""
-        mode, metric = self.cfg.val.modes[-1], self.cfg.checkpoint.best_metric
-        if metric != "mean_rel":
-            return SIGNS[metric] * float(result[f"val/{mode}/{metric}"])
-        now = {k: result[f"val/{mode}/{k}"] for k in LOWER_IS_BETTER}
-        if self.val_reference is None:
-            self.val_reference = now
-        ref = self.val_reference
-        return float(np.mean([s * (now[k] - ref[k]) / max(abs(ref[k]), 1e-12) for k, s in LOWER_IS_BETTER.items()]))
+        """The checkpoint ranking score of a validation (see `val_score`), of the path `cfg.ranked_mode`."""
+        score, self.val_reference = val_score(result, self.cfg.ranked_mode, self.cfg.checkpoint.best_metric,
+                                              self.val_reference)
+        return score
