@@ -406,6 +406,7 @@ def test_tio_stereo_pair_and_folders(tio_checkpoint, stereo_dirs, tmp_path, caps
     assert png.shape[0] >= 30 and png.shape[1] > 60 + 20
     np.testing.assert_array_equal(png[:30, :60], colorize(1 / depth, vmin=np.float32(1 / 80), vmax=1.0))
     check_point_cloud(tmp_path / "one" / "a.ply", depth, read_image(left / "a.png"), (50, 60, 29.5, 14))
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["a.npy", "a.ply", "a.png", "a_disp.npy"]
 
     folders = base + ["--left", str(left), "--right", str(right), "--out", str(tmp_path / "all"),
                       "--size", "28", "56", "--batch-size", "2", "--no-png"]
@@ -494,18 +495,11 @@ def test_output_option_errors(checkpoint, tio_checkpoint, image_dir, tmp_path, c
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_output_names_are_checked_before_running(tio_checkpoint, tmp_path):
-    predictor = predict.load_predictor(tio_checkpoint, mode="Stereo")
-    outputs = predict.Outputs(intrinsics=(1.0, 1.0, 0.0, 0.0))
-    assert predictor.output_suffixes(outputs) == (".npy", ".png", ".ply", "_disp.npy")
-    for name in ("x", "x_disp"):
-        for side in ("l", "r"):
-            (tmp_path / side).mkdir(exist_ok=True)
-            write_rgb(tmp_path / side / f"{name}.png", 20, 20)
-    with pytest.raises(predict.InputError, match="x.png and .*x_disp.png would both write x_disp.npy"):
-        predict.predict_files(predictor, predict.list_pairs(tmp_path / "l", tmp_path / "r"), tmp_path / "o",
-                              outputs=outputs)
-    assert predictor.num_traces == 0
+def test_output_names_of_different_inputs_must_differ(tmp_path):
+    suffixes = (".npy", ".png", ".ply", "_disp.npy")  # a TiO-Depth stereo pair's, with --pointcloud
+    assert predict.output_stems([tmp_path / "x.png", tmp_path / "y.png"], tmp_path / "o", suffixes) == ["x", "y"]
+    with pytest.raises(predict.InputError, match="x.png and .*X_disp.png would both write X_disp.npy"):
+        predict.output_stems([tmp_path / "x.png", tmp_path / "X_disp.png"], tmp_path / "o", suffixes)
 
 
 @pytest.fixture(scope="module")
@@ -523,11 +517,12 @@ def tio_run(tmp_path_factory):
     return cfg["workdir"]
 
 
-def test_export_model_predicts_as_the_run(tio_run, stereo_dirs, tmp_path, capsys):
-    """An exported run is the same model, dtype and default size (the run's data.image_size, not its crop or
-    validation size): predict gives bit-identical outputs on both."""
+def test_export_model(tio_run, stereo_dirs, tmp_path, capsys):
+    """An exported run is the same model, graph (with its bfloat16 compute dtype) and parameters, with the same
+    default input size (the run's data.image_size, not its crop or validation size): predict runs it as the run."""
     out = tmp_path / "exported"
-    assert export_model.main(["--run", tio_run, "--out", str(out)]) == 0
+    argv = ["--run", tio_run, "--out", str(out)]
+    assert export_model.main(argv) == 0
     assert "step 5" in capsys.readouterr().out
     run, exported = load(tio_run), load(out)
     assert (run.dtype, run.image_size) == (exported.dtype, exported.image_size) == ("bfloat16", (42, 84))
@@ -535,28 +530,21 @@ def test_export_model_predicts_as_the_run(tio_run, stereo_dirs, tmp_path, capsys
     for a, b in zip(jax.tree.leaves(nnx.state(run.model)), jax.tree.leaves(nnx.state(exported.model)), strict=True):
         np.testing.assert_array_equal(a, b)
     image = ["--input", str(stereo_dirs / "left" / "a.png"), "--mode", "Mono", "--no-png"]
-    for name, ckpt in (("run", tio_run), ("exported", out)):
-        assert predict.main(["--checkpoint", str(ckpt), *image, "--out", str(tmp_path / name)]) == 0
-        assert "1 image(s), mode Mono, size 42x84, batch 4, the trained dtype" in capsys.readouterr().out
-    np.testing.assert_array_equal(np.load(tmp_path / "run" / "a.npy"), np.load(tmp_path / "exported" / "a.npy"))
+    assert predict.main(["--checkpoint", str(out), *image, "--out", str(tmp_path / "depth")]) == 0
+    assert "1 image(s), mode Mono, size 42x84, batch 4, the trained dtype" in capsys.readouterr().out
+    assert np.load(tmp_path / "depth" / "a.npy").shape == PAIR_SIZES["a"]
 
-
-def test_export_model_errors(tio_run, tmp_path, capsys):
-    out = tmp_path / "exported"
-    argv = ["--run", tio_run, "--out", str(out)]
-    assert export_model.main(argv) == 0
+    (tmp_path / "empty").mkdir()
     for args, message in ((argv, "exists; pass --overwrite"),
                           (["--run", str(out), "--out", str(tmp_path / "again")], "is a model directory already"),
                           (["--run", str(tmp_path / "empty"), "--out", str(tmp_path / "again")],
                            "nor a training run with checkpoints"),
                           (["--run", str(tmp_path / "missing"), "--out", str(tmp_path / "again")], "does not exist"),
-                          (["--run", tio_run, "--which", "7", "--out", str(out), "--overwrite"], "no checkpoint of step 7"),
+                          (argv + ["--which", "7", "--overwrite"], "no checkpoint of step 7"),
                           (["--run", tio_run, "--out", str(tmp_path / "empty"), "--overwrite"],
                            "not a model directory")):
-        (tmp_path / "empty").mkdir(exist_ok=True)
-        capsys.readouterr()
         assert export_model.main(args) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err
-    assert (out / "model.json").is_file()  # a failed --overwrite leaves the old export
+    assert (out / "model.json").is_file() and (out / "params").is_dir()  # a failed --overwrite removes nothing
     assert export_model.main(argv + ["--overwrite", "--which", "latest"]) == 0

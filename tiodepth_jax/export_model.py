@@ -10,8 +10,9 @@
 
 Only the parameters and BatchNorm statistics are kept (no optimiser state). `model.json` records the run's
 config of the network, its compute dtype and the size its training images were resized to (data.image_size),
-so that `predict --checkpoint DIR` and `evaluate --checkpoint DIR` run the exported model exactly as they
-run the training run itself: same default input size, same dtype, same outputs.
+so that `predict --checkpoint DIR` and `evaluate --checkpoint DIR` run the exported model as they run the
+training run itself: the same network in the same dtype (and for predict at the same default input size),
+giving the same outputs.
 """
 
 from __future__ import annotations

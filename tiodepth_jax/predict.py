@@ -124,7 +124,7 @@ float32 attention logits and probabilities of one view, 2 * B * heads * T^2 * 4 
 256 bytes per view and input pixel, calibrated on the compiled forwards of ViT-B TiO-Depth and ViT-S/L
 Depth-Anything-V2) and compared with the memory free on the device (an accelerator's bytes_limit -
 bytes_in_use, the host's available memory for a CPU); a size that does not fit (--size auto on a
-6000x4000 photo needs about 1.4 TB with ViT-B) fails with one line naming it and the estimate.
+6000x4000 photo needs about 1.45 TB with ViT-B) fails with one line naming it and the estimate.
 """
 
 from __future__ import annotations
