@@ -481,9 +481,10 @@ def test_output_option_errors(checkpoint, tio_checkpoint, image_dir, tmp_path, c
     assert "calibration.yaml" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
     tio = ["--checkpoint", str(tio_checkpoint), *image]
+    fx_fy_cx = ["--fx", "1", "--fy", "1", "--cx", "0"]
     for argv, message in ((["--pointcloud"], "--pointcloud needs the intrinsics"),
-                          (["--pointcloud", "--fx", "1", "--fy", "1", "--cx", "0"], "--pointcloud needs the intrinsics"),
-                          (["--pointcloud", "--calibration", "c.yaml", "--fx", "1", "--fy", "1", "--cx", "0", "--cy", "0"],
+                          (["--pointcloud", *fx_fy_cx], "--pointcloud needs the intrinsics"),
+                          (["--pointcloud", "--calibration", "c.yaml", *fx_fy_cx, "--cy", "0"],
                            "--pointcloud needs the intrinsics"),
                           (["--fx", "1"], "intrinsics of --pointcloud"),
                           (["--pointcloud", "--fx", "0", "--fy", "1", "--cx", "0", "--cy", "0"], "must be positive"),
