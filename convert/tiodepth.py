@@ -62,8 +62,23 @@ def ignored_keys(sd: dict) -> dict[str, str]:
     return ignored
 
 
+def check_is_tiodepth(sd: dict) -> None:
+    """Raises ConversionError saying what `sd` is when it is not a TiO-Depth checkpoint of the DINOv2 fork
+    (no `0.pretrained.cls_token`): a Depth-Anything-V2 checkpoint (and its variant), or something else."""
+    if "0.pretrained.cls_token" in sd:
+        return
+    if "pretrained.cls_token" in sd:
+        variant = dav2.WIDTH_TO_VARIANT.get(int(sd["pretrained.cls_token"].shape[-1]), "of an unknown variant")
+        raise ConversionError(f"this is a Depth-Anything-V2 checkpoint ({variant}), not a TiO-Depth one: convert "
+                              "it with python -m convert.depth_anything_v2, and pass the result as init_from to "
+                              "train TiO-Depth from it")
+    raise ConversionError(f"not a TiO-Depth checkpoint of the DINOv2 fork: no '0.pretrained.cls_token' among "
+                          f"{len(sd)} tensors (first keys: {sorted(sd)[:5]})")
+
+
 def infer_config(sd: dict, *, variant: str | None = None, **settings) -> TiODepthConfig:
     """The TiO-Depth config of a checkpoint: encoder variant and depth from the shapes, the rest given."""
+    check_is_tiodepth(sd)
     blocks = {int(m.group(1)) for k in sd if (m := re.match(r"^0\.pretrained\.blocks\.(\d+)\.", k))}
     enc = dav2.infer_config(sd, variant=variant, prefix="0.", taps=settings.pop("encoder_taps", None))
     depth = max(blocks) + 1 if blocks else None

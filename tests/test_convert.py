@@ -1,4 +1,5 @@
-"""The Depth-Anything-V2 converter: file formats, wrappers, strictness and bad input.
+"""The Depth-Anything-V2 converter: file formats, wrappers, strictness and bad input; the TiO-Depth converter's
+answer to a checkpoint of the wrong model.
 
 Uses a 2-block cut of the weights of the smallest discovered Depth-Anything-V2 fixture set (regenerated from its
 recipe) to stay small.
@@ -15,6 +16,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from convert import depth_anything_v2 as dav2
+from convert import tiodepth
 from convert.common import ConversionError, read_state_dict
 from tests.parity import dav2_sets
 from tiodepth_jax.checkpoint import load_model, save_model
@@ -184,3 +186,19 @@ def test_load_model_errors(small_sd, tmp_path):
     with pytest.raises(ValueError, match=r"config: missing pretrained\.blocks\.mlp\."):
         load_model(tmp_path / "ck2")
     assert isinstance(model, nnx.Module)
+
+
+def test_tiodepth_converter_says_what_it_got(tmp_path, capsys):
+    """A Depth-Anything-V2 state dict (here a few tensors of a ViT-S one) is named as such, with the way to use it."""
+    dav2_sd = {"pretrained.cls_token": np.zeros((1, 1, 384), np.float32),
+               "pretrained.blocks.0.norm1.weight": np.ones(384, np.float32),
+               "depth_head.projects.0.weight": np.zeros((48, 384, 1, 1), np.float32)}
+    with pytest.raises(ConversionError, match=r"this is a Depth-Anything-V2 checkpoint \(vits\), not a TiO-Depth one: "
+                                              r"convert it with python -m convert.depth_anything_v2"):
+        tiodepth.convert_state_dict(dav2_sd)
+    _torch_save(tmp_path / "dav2.pth", dav2_sd)
+    assert tiodepth.main(["--checkpoint", str(tmp_path / "dav2.pth"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Depth-Anything-V2 checkpoint (vits)" in err and "init_from" in err
+    with pytest.raises(ConversionError, match=r"not a TiO-Depth checkpoint .* no '0.pretrained.cls_token' among 1 "):
+        tiodepth.convert_state_dict({"conv1.weight": np.zeros((8, 3, 7, 7), np.float32)})

@@ -1,23 +1,29 @@
-"""The inference command: preprocessing policy, batching / compile counts, outputs, errors, colour maps;
-Depth-Anything-V2 and TiO-Depth (single images, stereo pairs)."""
+"""The inference command: preprocessing policy, batching / compile counts, outputs (depth, disparity,
+colour maps and bars, point clouds), errors, memory estimate; Depth-Anything-V2 and TiO-Depth (single images,
+stereo pairs, training runs and their exports)."""
 
 import json
+import struct
+import zlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 from PIL import Image
 
-from tiodepth_jax import predict
-from tiodepth_jax.checkpoint import FORMAT, save_model
+from tiodepth_jax import export_model, predict
+from tiodepth_jax.checkpoint import FORMAT, load, save_model
 from tiodepth_jax.colormap import SPECTRAL_HEX, colorize, get_lut, hex_to_rgb
-from tiodepth_jax.images import image_size, list_images, read_image
+from tiodepth_jax.config import load_config
+from tiodepth_jax.images import PLY_VERTEX, image_size, list_images, read_image
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
 from tiodepth_jax.models.dinov2 import DinoV2Config
 from tiodepth_jax.models.dpt import DPTConfig
 from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
 from tiodepth_jax.ops.resize import interpolate_bilinear
+from tiodepth_jax.train.checkpointing import TrainCheckpoints
 
 TINY = DepthAnythingV2Config(dinov2=DinoV2Config(embed_dim=32, depth=2, num_heads=2),
                              dpt=DPTConfig(in_channels=32, features=8, out_channels=(8, 8, 8, 8)),
@@ -88,22 +94,31 @@ def test_predict_files_shapes_outputs_and_compile_count(checkpoint, image_dir, t
         assert depth.shape == hw and depth.dtype == np.float32
         assert np.isfinite(depth).all() and (depth >= 0).all()
         assert read_image(tmp_path / f"{name}.png").shape == (*hw, 3)
-    predict.predict_files(predictor, paths, tmp_path / "again", input_size=28, batch_size=2, png=False)
+    predict.predict_files(predictor, paths, tmp_path / "again", input_size=28, batch_size=2,
+                          outputs=predict.Outputs(png=False))
     assert predictor.num_traces == 2
     assert not list((tmp_path / "again").glob("*.png"))
     np.testing.assert_array_equal(np.load(tmp_path / "again" / "c.npy"), np.load(tmp_path / "c.npy"))
 
 
 def test_main_float32_and_bfloat16_agree(checkpoint, image_dir, tmp_path, capsys):
+    """... and the PNG options: float32 with a colour bar, bfloat16 on a fixed --range of the output's values."""
+    pngs = {"float32": ["--colorbar"], "bfloat16": ["--range", "0.5", "2"]}
     for dtype in ("float32", "bfloat16"):
         argv = ["--checkpoint", str(checkpoint), "--input", str(image_dir / "a.png"), str(image_dir / "b.png"),
                 "--out", str(tmp_path / dtype), "--input-size", "42", "--batch-size", "4", "--dtype", dtype]
-        assert predict.main(argv) == 0
+        assert predict.main(argv + pngs[dtype]) == 0
     assert "wrote 2 depth map(s)" in capsys.readouterr().out
     for name in ("a", "b"):
         f32, bf16 = (np.load(tmp_path / dtype / f"{name}.npy") for dtype in ("float32", "bfloat16"))
         assert f32.shape == bf16.shape == SIZES[name] and f32.std() > 0
         np.testing.assert_allclose(bf16, f32, rtol=0.03, atol=1e-3)  # bf16 keeps ~3 digits
+        with_bar = np.asarray(Image.open(tmp_path / "float32" / f"{name}.png"))
+        h, w = SIZES[name]
+        assert with_bar.shape[0] >= h and with_bar.shape[1] > w + 20
+        np.testing.assert_array_equal(with_bar[:h, :w], colorize(f32))
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "bfloat16" / f"{name}.png")),
+                                      colorize(bf16, vmin=0.5, vmax=2.0))
 
 
 def run_main_error(argv, capsys) -> str:
@@ -134,6 +149,41 @@ def test_input_errors(checkpoint, tmp_path, capsys):
     assert "one/img.png" in err and "two/img.png" in err
     in_place = ["--checkpoint", str(checkpoint), "--input", str(tmp_path / "one"), "--out", str(tmp_path / "one")]
     assert "would overwrite an input" in run_main_error(in_place, capsys)
+
+
+def test_out_must_be_a_folder(checkpoint, image_dir, tmp_path, capsys):
+    (tmp_path / "out.txt").write_text("a file")
+    for ckpt in (checkpoint, tmp_path / "no_such_model"):  # refused before the model is even looked at
+        err = run_main_error(["--checkpoint", str(ckpt), "--input", str(image_dir / "a.png"),
+                              "--out", str(tmp_path / "out.txt")], capsys)
+        assert err.count("\n") == 1 and "--out" in err and "out.txt is a file" in err
+
+
+def fake_png(path, h, w):
+    """A PNG header (signature, IHDR and an empty IDAT) claiming h x w RGB pixels: enough for `image_size`."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", b""))
+
+
+def test_memory_estimate_refuses_a_huge_input_before_compiling(checkpoint, tmp_path, capsys, monkeypatch):
+    # The estimate's anchor: TiO-Depth ViT-B (12 heads) on a 6000x4000 photo at --size auto (4004x6006, 122695
+    # tokens) allocated one 723 GB buffer of attention logits (the bug report said 724 GB), and needs two.
+    tokens = 286 * 429 + 1
+    assert 12 * tokens**2 * 4 == pytest.approx(724e9, rel=0.01)
+    assert predict.memory_estimate(1, (4004, 6006), 1, 12, 14) == 2 * 12 * tokens**2 * 4 + 4004 * 6006 * 256
+    assert predict.available_memory(jax.devices()[0]) > 0
+    fake_png(tmp_path / "huge.png", 4000, 6000)
+    assert image_size(tmp_path / "huge.png") == (4000, 6000)
+    monkeypatch.setattr(predict, "available_memory", lambda device: 100e9)
+    predictor = predict.load_predictor(checkpoint)
+    monkeypatch.setattr(predict, "load_predictor", lambda *args, **kwargs: predictor)
+    err = run_main_error(["--checkpoint", str(checkpoint), "--input", str(tmp_path / "huge.png"),
+                          "--out", str(tmp_path / "o"), "--size", "auto"], capsys)
+    assert err.count("\n") == 1 and "network input size 4004x6006" in err and "huge.png" in err
+    assert "needs about 247.0 GB, more than the 100.0 GB free on cpu" in err and "--size H W or --input-size S" in err
+    assert predictor.num_traces == 0 and not (tmp_path / "o").exists()
 
 
 def test_checkpoint_errors(tmp_path, capsys):
@@ -235,13 +285,38 @@ def stereo_dirs(tmp_path_factory):
     return root
 
 
-def check_depth_outputs(folder, sizes):
-    """Metric depth maps at the images' own sizes: float32, finite, > 0, and decodable PNGs."""
+def check_depth_outputs(folder, sizes, png=True):
+    """Metric depth maps at the images' own sizes: float32, finite, > 0, and decodable PNGs of that size."""
     for name, hw in sizes.items():
         depth = np.load(folder / f"{name}.npy")
         assert depth.shape == hw and depth.dtype == np.float32
         assert np.isfinite(depth).all() and (depth > 0).all()
-        assert read_image(folder / f"{name}.png").shape == (*hw, 3)
+        assert not png or read_image(folder / f"{name}.png").shape == (*hw, 3)
+
+
+def read_ply(path) -> np.ndarray:
+    """The vertices of a binary little-endian PLY file of `images.PLY_VERTEX` vertices."""
+    data = path.read_bytes()
+    header, body = data.split(b"end_header\n", 1)
+    assert header.startswith(b"ply\nformat binary_little_endian 1.0\n")
+    assert b"property float x\nproperty float y\nproperty float z\nproperty uchar red\n" in header
+    count = int(header.split(b"element vertex ")[1].split(b"\n")[0])
+    assert len(body) == count * PLY_VERTEX.itemsize
+    return np.frombuffer(body, PLY_VERTEX)
+
+
+def check_point_cloud(path, depth, image, intrinsics):
+    """One vertex per pixel (all depths are valid here), in row-major order; pixel (row 7, column 11) at
+    X = (u - cx) Z / fx, Y = (v - cy) Z / fy, Z = its depth, coloured like the image."""
+    fx, fy, cx, cy = intrinsics
+    vertices = read_ply(path)
+    assert len(vertices) == depth.size
+    v, u = 7, 11
+    vertex = vertices[v * depth.shape[1] + u]
+    z = depth[v, u]
+    np.testing.assert_allclose([vertex["x"], vertex["y"], vertex["z"]], [(u - cx) * z / fx, (v - cy) * z / fy, z],
+                               rtol=1e-6)
+    assert [vertex["red"], vertex["green"], vertex["blue"]] == list(np.round(image[v, u] * 255).astype(np.uint8))
 
 
 @pytest.mark.parametrize("hw, expected", [
@@ -285,34 +360,53 @@ def test_tio_single_images(tio_checkpoint, stereo_dirs, tmp_path, capsys):
         back = interpolate_bilinear(depth[k][None, ..., None], size=hw, align_corners=False)[0, ..., 0]
         np.testing.assert_allclose(np.load(tmp_path / "mono" / f"{name}.npy"), back, rtol=1e-6)
 
-    # Refine, the default mode, at --size auto (a and b: 30x60 -> 28x56), from the command line.
+    # Refine, the default mode, at --size auto (a and b: 30x60 -> 28x56), from the command line, coloured on a
+    # fixed depth range: 1 m red, 100 m blue (inverse depth from 1/100 to 1).
     pair_ab = [str(stereo_dirs / "left" / f"{name}.png") for name in ("a", "b")]
     refine = ["--checkpoint", str(tio_checkpoint), "--input", *pair_ab, "--out", str(tmp_path / "refine"),
-              "--size", "auto", "--batch-size", "1"]
+              "--size", "auto", "--batch-size", "1", "--range", "1", "100"]
     assert predict.main(refine) == 0
     out = capsys.readouterr().out
     assert "2 image(s), mode Refine, size auto" in out and "(1 input shape(s) compiled)" in out
     check_depth_outputs(tmp_path / "refine", {name: PAIR_SIZES[name] for name in ("a", "b")})
-    assert not np.allclose(np.load(tmp_path / "refine" / "a.npy"), np.load(tmp_path / "mono" / "a.npy"), rtol=1e-3)
+    refine_a = np.load(tmp_path / "refine" / "a.npy")
+    assert not np.allclose(refine_a, np.load(tmp_path / "mono" / "a.npy"), rtol=1e-3)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "refine" / "a.png")),
+                                  colorize(1 / refine_a, vmin=np.float32(1 / 100), vmax=1.0))
 
-    # Mono in bfloat16 agrees with float32 to bfloat16's precision.
+    # Mono in bfloat16 agrees with float32 to bfloat16's precision; with a point cloud from --fx --fy --cx --cy.
     bf16 = ["--checkpoint", str(tio_checkpoint), "--input", *map(str, images.values()), "--out", str(tmp_path / "bf16"),
-            "--size", "28", "56", "--mode", "Mono", "--dtype", "bfloat16"]
+            "--size", "28", "56", "--mode", "Mono", "--dtype", "bfloat16",
+            "--pointcloud", "--fx", "50", "--fy", "60", "--cx", "29.5", "--cy", "14"]
     assert predict.main(bf16) == 0
     check_depth_outputs(tmp_path / "bf16", sizes)
     for name in images:
         bf16_depth, f32_depth = (np.load(tmp_path / d / f"{name}.npy") for d in ("bf16", "mono"))
         np.testing.assert_allclose(bf16_depth, f32_depth, rtol=0.02)
+        check_point_cloud(tmp_path / "bf16" / f"{name}.ply", bf16_depth, read_image(images[name]), (50, 60, 29.5, 14))
 
 
 def test_tio_stereo_pair_and_folders(tio_checkpoint, stereo_dirs, tmp_path, capsys):
+    """Pairs: depth, disparity at the input resolution, a colour bar on a fixed range, a point cloud from a
+    calibration file (the README's command for your own rig)."""
     base = ["--checkpoint", str(tio_checkpoint)]
     left, right = stereo_dirs / "left", stereo_dirs / "right"
+    (tmp_path / "calibration.yaml").write_text("fx: 50.0\nfy: 60.0\ncx: 29.5\ncy: 14.0\nbaseline: 0.5\n")
     one = base + ["--left", str(left / "a.png"), "--right", str(right / "a.png"), "--out", str(tmp_path / "one"),
-                  "--size", "28", "56"]
+                  "--size", "28", "56", "--range", "1", "80", "--colorbar", "--pointcloud",
+                  "--calibration", str(tmp_path / "calibration.yaml")]
     assert predict.main(one) == 0
     assert "1 pair(s), mode Stereo, size 28x56" in capsys.readouterr().out
-    check_depth_outputs(tmp_path / "one", {"a": PAIR_SIZES["a"]})
+    check_depth_outputs(tmp_path / "one", {"a": PAIR_SIZES["a"]}, png=False)
+    depth = np.load(tmp_path / "one" / "a.npy")
+    disparity = np.load(tmp_path / "one" / "a_disp.npy")  # 60-wide image, 56-wide network input
+    assert disparity.shape == depth.shape and disparity.dtype == np.float32
+    np.testing.assert_allclose(disparity * depth, TIO.d2d * 60 / 56, rtol=1e-6)
+    png = np.asarray(Image.open(tmp_path / "one" / "a.png"))
+    assert png.shape[0] >= 30 and png.shape[1] > 60 + 20
+    np.testing.assert_array_equal(png[:30, :60], colorize(1 / depth, vmin=np.float32(1 / 80), vmax=1.0))
+    check_point_cloud(tmp_path / "one" / "a.ply", depth, read_image(left / "a.png"), (50, 60, 29.5, 14))
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["a.npy", "a.ply", "a.png", "a_disp.npy"]
 
     folders = base + ["--left", str(left), "--right", str(right), "--out", str(tmp_path / "all"),
                       "--size", "28", "56", "--batch-size", "2", "--no-png"]
@@ -322,7 +416,9 @@ def test_tio_stereo_pair_and_folders(tio_checkpoint, stereo_dirs, tmp_path, caps
     for name, hw in PAIR_SIZES.items():
         depth = np.load(tmp_path / "all" / f"{name}.npy")
         assert depth.shape == hw and np.isfinite(depth).all() and (depth > 0).all()
-    assert not list((tmp_path / "all").glob("*.png"))
+        np.testing.assert_allclose(np.load(tmp_path / "all" / f"{name}_disp.npy") * depth, TIO.d2d * hw[1] / 56,
+                                   rtol=1e-6)
+    assert not list((tmp_path / "all").glob("*.png")) and not list((tmp_path / "all").glob("*.ply"))
     # The folders were paired by name: a's depth is the one of the single pair a.
     np.testing.assert_allclose(np.load(tmp_path / "all" / "a.npy"), np.load(tmp_path / "one" / "a.npy"), rtol=1e-5)
     assert not np.allclose(np.load(tmp_path / "all" / "b.npy"), np.load(tmp_path / "one" / "a.npy"), rtol=1e-3)
@@ -373,3 +469,83 @@ def test_tio_pair_errors(tio_checkpoint, checkpoint, stereo_dirs, tmp_path, caps
             predict.main(argv)
         assert exit_info.value.code == 2
     assert "multiples of 14" in capsys.readouterr().err
+
+
+def test_output_option_errors(checkpoint, tio_checkpoint, image_dir, tmp_path, capsys):
+    image = ["--input", str(image_dir / "a.png"), "--out", str(tmp_path / "o")]
+    err = run_main_error(["--checkpoint", str(checkpoint), *image, "--pointcloud", "--fx", "1", "--fy", "1",
+                          "--cx", "0", "--cy", "0"], capsys)
+    assert "--pointcloud needs metric depth" in err and "'depth_anything_v2'" in err
+    err = run_main_error(["--checkpoint", str(tio_checkpoint), *image, "--pointcloud", "--calibration",
+                          str(tmp_path / "calibration.yaml")], capsys)
+    assert "calibration.yaml" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+    tio = ["--checkpoint", str(tio_checkpoint), *image]
+    fx_fy_cx = ["--fx", "1", "--fy", "1", "--cx", "0"]
+    for argv, message in ((["--pointcloud"], "--pointcloud needs the intrinsics"),
+                          (["--pointcloud", *fx_fy_cx], "--pointcloud needs the intrinsics"),
+                          (["--pointcloud", "--calibration", "c.yaml", *fx_fy_cx, "--cy", "0"],
+                           "--pointcloud needs the intrinsics"),
+                          (["--fx", "1"], "intrinsics of --pointcloud"),
+                          (["--pointcloud", "--fx", "0", "--fy", "1", "--cx", "0", "--cy", "0"], "must be positive"),
+                          (["--range", "2", "1"], "0 < MIN < MAX"),
+                          (["--range", "0", "1"], "0 < MIN < MAX"),
+                          (["--colorbar", "--no-png"], "which --no-png turns off")):
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main(tio + argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_output_names_of_different_inputs_must_differ(tmp_path):
+    suffixes = (".npy", ".png", ".ply", "_disp.npy")  # a TiO-Depth stereo pair's, with --pointcloud
+    assert predict.output_stems([tmp_path / "x.png", tmp_path / "y.png"], tmp_path / "o", suffixes) == ["x", "y"]
+    with pytest.raises(predict.InputError, match="x.png and .*X_disp.png would both write X_disp.npy"):
+        predict.output_stems([tmp_path / "x.png", tmp_path / "X_disp.png"], tmp_path / "o", suffixes)
+
+
+@pytest.fixture(scope="module")
+def tio_run(tmp_path_factory):
+    """A training run of the TIO model (bfloat16 compute, images resized to 42x84 for 28x56 crops, validated
+    at 28x56) with one checkpoint, of step 5: the weights of `tiny_tio`."""
+    cfg = load_config("configs/demo.yaml", [f"workdir={tmp_path_factory.mktemp('tio_run')}"]).to_dict()
+    cfg.update(model=TIO.to_dict(), dtype="bfloat16")
+    cfg["data"].update(image_size=[42, 84], crop_size=[28, 56])
+    cfg["val"]["image_size"] = [28, 56]
+    _, params, stats = nnx.split(tiny_tio(), nnx.Param, nnx.BatchStat)
+    ckpts = TrainCheckpoints(f"{cfg['workdir']}/checkpoints", async_save=False, config=cfg)
+    ckpts.save(5, {"params": params, "batch_stats": stats}, {"epoch": 1})
+    ckpts.close()
+    return cfg["workdir"]
+
+
+def test_export_model(tio_run, stereo_dirs, tmp_path, capsys):
+    """An exported run is the same model, graph (with its bfloat16 compute dtype) and parameters, with the same
+    default input size (the run's data.image_size, not its crop or validation size): predict runs it as the run."""
+    out = tmp_path / "exported"
+    argv = ["--run", tio_run, "--out", str(out)]
+    assert export_model.main(argv) == 0
+    assert "step 5" in capsys.readouterr().out
+    run, exported = load(tio_run), load(out)
+    assert (run.dtype, run.image_size) == (exported.dtype, exported.image_size) == ("bfloat16", (42, 84))
+    assert nnx.graphdef(run.model) == nnx.graphdef(exported.model)
+    for a, b in zip(jax.tree.leaves(nnx.state(run.model)), jax.tree.leaves(nnx.state(exported.model)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    image = ["--input", str(stereo_dirs / "left" / "a.png"), "--mode", "Mono", "--no-png"]
+    assert predict.main(["--checkpoint", str(out), *image, "--out", str(tmp_path / "depth")]) == 0
+    assert "1 image(s), mode Mono, size 42x84, batch 4, the trained dtype" in capsys.readouterr().out
+    assert np.load(tmp_path / "depth" / "a.npy").shape == PAIR_SIZES["a"]
+
+    (tmp_path / "empty").mkdir()
+    for args, message in ((argv, "exists; pass --overwrite"),
+                          (["--run", str(out), "--out", str(tmp_path / "again")], "is a model directory already"),
+                          (["--run", str(tmp_path / "empty"), "--out", str(tmp_path / "again")],
+                           "nor a training run with checkpoints"),
+                          (["--run", str(tmp_path / "missing"), "--out", str(tmp_path / "again")], "does not exist"),
+                          (argv + ["--which", "7", "--overwrite"], "no checkpoint of step 7"),
+                          (["--run", tio_run, "--out", str(tmp_path / "empty"), "--overwrite"],
+                           "not a model directory")):
+        assert export_model.main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err
+    assert (out / "model.json").is_file() and (out / "params").is_dir()  # a failed --overwrite removes nothing
+    assert export_model.main(argv + ["--overwrite", "--which", "latest"]) == 0

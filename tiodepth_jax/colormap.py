@@ -14,11 +14,14 @@ does. 'gray' is the identity ramp of run.py's `--grayscale`.
 The table index is run.py's floor(t * 255) of the normalised value t, not the floor(t * 256) that
 matplotlib's `cmap(t)` takes for float input; NaN (black), under and over (the end colours) are matplotlib's
 defaults either way. tests/test_colormap.py checks all of this against matplotlib.
+
+`add_colorbar` draws a labelled colour bar beside a coloured image with PIL (no matplotlib).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
 
 LUT_SIZE = 256
 SPECTRAL_HEX = ("#9e0142", "#d53e4f", "#f46d43", "#fdae61", "#fee08b", "#ffffbf",
@@ -78,6 +81,13 @@ def get_lut(name: str) -> np.ndarray:
     return CMAPS[key]()
 
 
+def finite_range(values) -> tuple[float, float]:
+    """(min, max) of the finite values in float32; (0, 0) when there are none."""
+    v = np.asarray(values, np.float32)
+    finite = v[np.isfinite(v)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+
+
 def lut_indices(values, *, vmin=None, vmax=None) -> np.ndarray:
     """Quantise values to LUT indices 0..255 the way run.py does: floor((v - vmin) / (vmax - vmin) * 255).
 
@@ -86,12 +96,8 @@ def lut_indices(values, *, vmin=None, vmax=None) -> np.ndarray:
     (`colorize` paints it `NAN_COLOR`). Arithmetic is float32, as run.py's on a float32 depth map.
     """
     v = np.asarray(values, np.float32)
-    finite = np.isfinite(v)
-    if vmin is None:
-        vmin = v[finite].min() if finite.any() else 0.0
-    if vmax is None:
-        vmax = v[finite].max() if finite.any() else 0.0
-    vmin, vmax = np.float32(vmin), np.float32(vmax)
+    lo, hi = finite_range(v)
+    vmin, vmax = np.float32(lo if vmin is None else vmin), np.float32(hi if vmax is None else vmax)
     span = vmax - vmin
     if not np.isfinite(span) or span <= 0:
         return np.zeros(v.shape, np.uint8)
@@ -109,3 +115,34 @@ def colorize(values, *, vmin=None, vmax=None, cmap: str = "spectral_r") -> np.nd
     rgb = get_lut(cmap)[lut_indices(values, vmin=vmin, vmax=vmax)]
     rgb[np.isnan(values)] = NAN_COLOR
     return rgb
+
+
+def add_colorbar(rgb: np.ndarray, labels, title: str, cmap: str = "spectral_r") -> np.ndarray:
+    """`rgb` (H, W, 3) uint8 with a colour bar on its right, drawn with PIL and its default font.
+
+    The bar runs from LUT index 255 at its top to 0 at its bottom (`lut_indices` of values from vmax down to
+    vmin); `labels` are written beside it at equal steps from top to bottom, `title` (the units) above it.
+    The panel is white; an image too short for the bar is extended downwards with white.
+    """
+    h, w = rgb.shape[:2]
+    font = ImageFont.load_default(size=max(10, h // 40))
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = draw.textbbox((0, 0), "0123456789", font=font)[3]
+    pad, bar_w = text_h // 2 + 2, text_h + 4
+    label_w = max(draw.textlength(label, font=font) for label in labels)
+    panel_w = pad + int(max(bar_w + pad + label_w, draw.textlength(title, font=font))) + pad
+    top = pad + text_h + pad  # the bar's first row, below the title
+    height = max(h, top + 6 * text_h + pad)
+    bottom = height - pad - text_h // 2  # its last row, leaving room for the last label
+    canvas = Image.new("RGB", (w + panel_w, height), "white")
+    canvas.paste(Image.fromarray(rgb), (0, 0))
+    column = get_lut(cmap)[lut_indices(np.linspace(1.0, 0.0, bottom - top + 1), vmin=0.0, vmax=1.0)]
+    x0 = w + pad
+    canvas.paste(Image.fromarray(np.repeat(column[:, None], bar_w, axis=1)), (x0, top))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((x0, pad), title, fill="black", font=font)
+    for k, label in enumerate(labels):
+        y = top + round(k * (bottom - top) / max(len(labels) - 1, 1))
+        draw.line([(x0 + bar_w, y), (x0 + bar_w + pad // 2, y)], fill="black")
+        draw.text((x0 + bar_w + pad, y - text_h // 2), label, fill="black", font=font)
+    return np.asarray(canvas)

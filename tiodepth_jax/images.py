@@ -1,14 +1,14 @@
-"""Image files in and depth maps out: listing, decoding to float RGB, and writing .npy / .png results."""
+"""Image files in, results out: listing and decoding images to float RGB; writing PNGs and PLY point clouds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from tiodepth_jax.colormap import colorize
 from tiodepth_jax.errors import InputError, InputNotFoundError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -92,20 +92,29 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
     Image.fromarray(rgb).save(path, format="PNG")
 
 
-def save_depth_outputs(out_dir: str | os.PathLike, stem: str, depth: np.ndarray, *, png: bool = True,
-                       cmap: str = "spectral_r") -> list[Path]:
-    """Write `<stem>.npy` (float32 (H, W)) and, with `png`, `<stem>.png` (colour-mapped, per-image
-    min/max normalised). Returns the paths written; a file that cannot be written is an InputError."""
-    out_dir = Path(out_dir)
-    depth = np.asarray(depth, np.float32)
-    if depth.ndim != 2:
-        raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
-    written = [out_dir / f"{stem}.npy"] + ([out_dir / f"{stem}.png"] if png else [])
+@contextlib.contextmanager
+def writing(out_dir: str | os.PathLike):
+    """Create the folder `out_dir` (and its parents) for the writes in the block; a file that cannot be
+    written is an InputError naming it."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        np.save(written[0], depth)
-        if png:
-            write_png(written[1], colorize(depth, cmap=cmap))
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        yield
     except OSError as e:
         raise InputError(f"cannot write {e.filename or out_dir}: {e.strerror or e}") from e
-    return written
+
+
+PLY_VERTEX = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+PLY_HEADER = ("ply\nformat binary_little_endian 1.0\nelement vertex {}\n"
+              "property float x\nproperty float y\nproperty float z\n"
+              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+
+
+def write_ply(path: str | os.PathLike, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    """Write a coloured point cloud, (N, 3) float32 positions and (N, 3) uint8 colours, as a binary
+    little-endian PLY file (vertex properties x y z red green blue, `PLY_VERTEX`)."""
+    vertices = np.empty(len(xyz), PLY_VERTEX)
+    for name, column in zip(PLY_VERTEX.names, (*np.asarray(xyz).T, *np.asarray(rgb).T)):
+        vertices[name] = column
+    with open(path, "wb") as f:
+        f.write(PLY_HEADER.format(len(vertices)).encode("ascii"))
+        f.write(vertices.tobytes())

@@ -4,13 +4,14 @@ JAX backend.
 Usage:
   python -m tiodepth_jax.predict --checkpoint DIR --input PATH [PATH ...] --out DIR
       [--mode Refine|Mono] [--size H W | --size auto | --input-size S] [--batch-size 4]
-      [--dtype float32|bfloat16] [--no-png]
+      [--dtype float32|bfloat16] [--no-png | --range MIN MAX --colorbar]
+      [--pointcloud (--calibration FILE | --fx FX --fy FY --cx CX --cy CY)]
   python -m tiodepth_jax.predict --checkpoint DIR --left L --right R --out DIR [--mode Stereo] [...]
   python -m tiodepth_jax.predict --demo --out DIR [--input-size 518] [--batch-size 4] [--dtype ...]
 
-  --checkpoint   a model directory written by `tiodepth_jax.checkpoint.save_model` (e.g. by the converters),
-                 or a training run (its workdir, checkpoint directory or a step directory; --which latest
-                 (default), best or a step number); a run's default size is its val.image_size
+  --checkpoint   a model directory written by `tiodepth_jax.checkpoint.save_model` (by the converters or
+                 `tiodepth_jax.export_model`), or a training run (its workdir, checkpoint directory or a
+                 step directory; --which latest (default), best or a step number)
   --input        image files and/or folders (a folder's .png .jpg .jpeg .bmp .tif .tiff .webp files,
                  sorted, not recursive)
   --left/--right one stereo pair (two files) or two folders whose images are paired by file name (a
@@ -19,19 +20,36 @@ Usage:
                  Pairs need a TiO-Depth checkpoint and imply --mode Stereo
   --mode         TiO-Depth path: Refine (default for --input; the paper's monocular "TiO-Depth"), Mono
                  (the plain monocular path) or Stereo (pairs; "TiO-Depth (Bino.)")
-  --out          output folder: <stem>.npy (float32 (H, W) depth at the image's own resolution; a pair is
-                 named after its left image) and <stem>.png (Spectral_r colour map, per-image min/max
-                 normalised); inputs sharing a stem (compared case-insensitively), or an output that
-                 would overwrite an input, are refused before anything runs
+  --out          output folder (created if missing; an existing file is refused before the model loads):
+                 <stem>.npy (float32 (H, W) depth at the image's own resolution; a pair is named after its
+                 left image), <stem>.png (Spectral_r colour map, per-image min/max normalised) and, for
+                 stereo pairs, <stem>_disp.npy (float32 (H, W) disparity in pixels of the input image, see
+                 TiO-Depth below); inputs that would write the same file (names compared
+                 case-insensitively), or an output that would overwrite an input, are refused before
+                 anything runs
   --size H W     resize every image to H x W (multiples of 14), whatever its aspect ratio
   --size auto    resize every image to the multiples of 14 nearest its own sides (see below)
   --input-size S keep-aspect-ratio resize with both sides >= S (Depth-Anything-V2's policy, below)
-                 The default is the model's own: --input-size 518 for Depth-Anything-V2,
-                 --size 378 1260 for TiO-Depth
+                 The default is the model's own: --input-size 518 for Depth-Anything-V2; for TiO-Depth
+                 the size it was trained at (below), else --size 378 1260
   --batch-size   images (pairs) per forward pass
   --dtype        compute dtype; parameters stay float32 ("bfloat16" halves activation memory); default: the
-                 dtype a training run used, float32 for a model directory
-  --no-png       write only the .npy files
+                 dtype a training run used (recorded by an export too), float32 for a converted model
+  --no-png       write no .png colour maps
+  --range MIN MAX  a fixed colour scale for every image instead of each one's min/max: depth in metres
+                 for TiO-Depth (MIN is red, MAX blue; depths outside get the end colours), the output's own
+                 values (relative inverse depth) for Depth-Anything-V2; 0 < MIN < MAX
+  --colorbar     add a colour bar to the right of each PNG, labelled with its units ("depth (m)", or
+                 "relative inverse depth") at 5 equal colour steps; the PNG becomes wider (and at least
+                 about 6 text lines high)
+  --pointcloud   also write <stem>.ply: binary little-endian PLY, one vertex (float x y z in metres, uchar
+                 red green blue from the image) per pixel of finite depth > 0, in the (left) camera frame
+                 at the input resolution: X = (u - cx) * Z / fx, Y = (v - cy) * Z / fy, Z = depth, with u, v
+                 the column and row of the pixel (pixel centres at integer coordinates, as OpenCV's and
+                 calibration tools' cx, cy); x right, y down, z forward. Metric (TiO-Depth) models only.
+  --calibration FILE  the intrinsics of --pointcloud from a stereo-folder calibration.yaml (fx, fy, cx, cy,
+                 in pixels at the size of the images given; see tiodepth_jax/data/stereo_folder.py)
+  --fx --fy --cx --cy  the same intrinsics given directly (all four)
   --demo         no checkpoint, no input: a ViT-S Depth-Anything-V2 with RANDOM weights (nnx.Rngs(0))
                  runs on two generated 240x320 scenes (written to <out>/demo_inputs/), exercising the
                  whole pipeline without downloads; its depth maps are meaningless
@@ -43,8 +61,13 @@ Network input sizes (every policy gives multiples of the patch size 14):
   * --input-size S, lower bound: scale = max(S / H, S / W), and each side becomes
     round(side * scale / 14) * 14 (numpy's round-half-even), or ceil(side * scale / 14) * 14 where that
     falls below S; both sides are >= S (Depth-Anything-V2's `infer_image`, resize_method "lower_bound").
-  * --size H W, fixed: every image becomes H x W. TiO-Depth's default 378 1260 is the DINOv2 fork's
-    pred_size (spec §9), with about KITTI's aspect ratio (1260 / 378 = 3.33, 1242 / 375 = 3.31).
+  * --size H W, fixed: every image becomes H x W. TiO-Depth's default is the size the model was trained
+    at: for a training run its data.image_size, the size its training images were resized to before the
+    crop (model.image_size, the crop, is not it: the disparity bins are pixels at the full image's scale);
+    a model directory exported from a run (`tiodepth_jax.export_model`) records that size. A model
+    converted from PyTorch (`convert.tiodepth`) records none and gets 378 1260, the DINOv2 fork's training
+    full size and pred_size (spec §9), with about KITTI's aspect ratio (1260 / 378 = 3.33, 1242 / 375 =
+    3.31).
   * --size auto: each side is rounded on its own to the nearest multiple of 14 (halves round up, at
     least 14), so the network sees the image at its own resolution and aspect ratio up to 7 pixels per
     side: 375 x 1242 -> 378 x 1246, 30 x 60 -> 28 x 56, 21 x 35 -> 28 x 42.
@@ -74,21 +97,34 @@ TiO-Depth (spec §2.5, §8, §9):
      values are not rescaled (depth, unlike disparity, does not change with the image size). The
      original predict.py does NOT resize back: it saves the depth at pred_size.
   The PNG colours inverse depth 1 / depth (proportional to disparity; near = red, far = blue), per-image
-  min/max normalised like Depth-Anything-V2's, so the .npy is the only metric output.
+  min/max normalised like Depth-Anything-V2's, or between 1 / MAX and 1 / MIN with --range MIN MAX.
+  Stereo also writes the disparity in pixels of the input image, derived from the written depth so that
+  the two files agree exactly: disparity = d2d / depth * W / w, with W the image's width and w the network
+  input's (d2d / depth is the disparity at the network input; resizing the image by W / w scales it by
+  the same factor). Where the bilinear resize back blends depths across an edge this differs from resizing
+  the network's disparity map itself (which evaluate's EPE does): depth and disparity stay consistent
+  rather than each being interpolated on its own.
   Geometry: d2d (model config, 400.9 = fx * baseline of KITTI at ~1280 px width) and the disparity bins
   are fixed, and the stereo matching (MFM) rescales its bin shifts by training width / network input
   width, so a disparity is measured in pixels of the network input and d2d / disparity is metric only
-  when the network input has fx * baseline ~= d2d: KITTI-like images resized to a width consistent with
-  training, about 1260 (the fork trains on 840-wide crops of 1260-wide images), as the default --size
-  378 1260 and --size auto on full KITTI frames give. Otherwise scale the output by
-  (fx * baseline) / d2d, with fx in pixels at the network input width; the monocular paths learned
-  their scale from KITTI appearance at that resolution and carry the same caveat.
+  when the network input has fx * baseline ~= d2d: images of the training camera resized to the width
+  the model was trained at (the fork trains on 840-wide crops of 1260-wide KITTI images), as the default
+  size and --size auto on full KITTI frames give. Otherwise scale the output by (fx * baseline) / d2d,
+  with fx in pixels at the network input width; the monocular paths learned their scale from the
+  training images' appearance at that resolution and carry the same caveat. A model trained on your own
+  rig (a stereo-folder dataset, with d2d set to its fx * baseline at data.image_size) is metric at its
+  default size.
 
 Execution: each model is split once into graphdef / state and ONE jitted forward serves every input
 shape (jax.jit caches one executable per shape). Images (pairs) are grouped by network input shape (read
 from the file headers first, so unreadable files and size mismatches fail before any compute) and run in
 batches of min(--batch-size, images of that shape); a short last batch is zero-padded, so each shape
-compiles once.
+compiles once. Before anything is compiled, each batch's memory is estimated (`memory_estimate`: the
+float32 attention logits and probabilities of one view, 2 * B * heads * T^2 * 4 bytes for T tokens, plus
+256 bytes per view and input pixel, calibrated on the compiled forwards of ViT-B TiO-Depth and ViT-S/L
+Depth-Anything-V2) and compared with the memory free on the device (an accelerator's bytes_limit -
+bytes_in_use, the host's available memory for a CPU); a size that does not fit (--size auto on a
+6000x4000 photo needs about 1.45 TB with ViT-B) fails with one line naming it and the estimate.
 """
 
 from __future__ import annotations
@@ -104,14 +140,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import psutil  # a dependency of orbax-checkpoint
 from flax import nnx
 from PIL import Image
 from tqdm import tqdm
 
 from tiodepth_jax.checkpoint import load, parse_which, read_model_meta
-from tiodepth_jax.colormap import colorize
+from tiodepth_jax.colormap import add_colorbar, colorize, finite_range
+from tiodepth_jax.data.stereo_folder import read_calibration
 from tiodepth_jax.errors import InputError, InputNotFoundError, run_command
-from tiodepth_jax.images import image_size, list_images, read_image, save_depth_outputs, write_png
+from tiodepth_jax.images import image_size, list_images, read_image, write_ply, write_png, writing
 from tiodepth_jax.inference import Jitted
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
 from tiodepth_jax.ops.resize import interpolate_bilinear
@@ -121,6 +159,8 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DEMO_IMAGE_HW = (240, 320)
 DEMO_NUM_IMAGES = 2
+COLORBAR_LABELS = 5          # labels of --colorbar, at equal colour steps
+ACTIVATION_BYTES_PER_PIXEL = 256  # of `memory_estimate`, per view and network input pixel
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -244,22 +284,91 @@ def plan_batches(sizes, input_size, batch_size: int, multiple: int = 14) -> list
     return batches
 
 
-def output_stems(paths, out_dir, inputs=None) -> list[str]:
-    """The output stem of each path. Raises InputError when two paths would write the same files
-    (stems compared case-insensitively, as case-insensitive file systems do) or an output would
-    overwrite one of `inputs` (default: `paths`)."""
+def output_stems(paths, out_dir, suffixes, inputs=None) -> list[str]:
+    """The output stem of each path, whose files are `<stem><suffix>` for each of `suffixes`. Raises
+    InputError when two paths would write the same file (names compared case-insensitively, as
+    case-insensitive file systems do) or an output would overwrite one of `inputs` (default: `paths`)."""
     owner: dict[str, Path] = {}
     for p in paths:
-        other = owner.setdefault(p.stem.casefold(), p)
-        if other is not p:
-            raise InputError(f"inputs {other} and {p} would both write {p.stem}.npy/.png; "
-                             "rename one or run them separately")
+        for suffix in suffixes:
+            other = owner.setdefault(f"{p.stem}{suffix}".casefold(), p)
+            if other is not p:
+                raise InputError(f"inputs {other} and {p} would both write {p.stem}{suffix}; "
+                                 "rename one or run them separately")
     inputs = {p.resolve() for p in (paths if inputs is None else inputs)}
     for p in paths:
-        for out in (Path(out_dir) / f"{p.stem}.npy", Path(out_dir) / f"{p.stem}.png"):
+        for out in (Path(out_dir) / f"{p.stem}{suffix}" for suffix in suffixes):
             if out.resolve() in inputs:
                 raise InputError(f"output {out} would overwrite an input image; choose another --out")
     return [p.stem for p in paths]
+
+
+def memory_estimate(batch: int, shape: tuple[int, int], views: int, num_heads: int, patch_size: int) -> int:
+    """Bytes a forward pass of `batch` inputs of `views` images at network size `shape` needs, roughly.
+
+    2 * B * heads * T^2 * 4 for the float32 attention logits and probabilities of one view (T = h/p * w/p + 1
+    tokens; the views run one after the other), plus B * views * h * w * ACTIVATION_BYTES_PER_PIXEL for the
+    other activations. Calibrated on XLA's memory analysis of the compiled forwards (temporary buffers, CPU,
+    float32, batch 1): it is 1% below to 11% above it for TiO-Depth ViT-B (Mono, Refine, Stereo at 252x840,
+    378x1260, 560x1680) and Depth-Anything-V2 ViT-L (518x686, 1036x1358), 36% above for ViT-S at 518x686
+    (a smaller head); bfloat16 needs less.
+    """
+    h, w = shape
+    tokens = (h // patch_size) * (w // patch_size) + 1
+    return batch * (2 * num_heads * tokens**2 * 4 + views * h * w * ACTIVATION_BYTES_PER_PIXEL)
+
+
+def available_memory(device) -> int:
+    """Bytes free for a computation on `device`: bytes_limit - bytes_in_use of an accelerator, the available
+    physical memory (psutil) of the host for a CPU device."""
+    stats = device.memory_stats()
+    if stats and "bytes_limit" in stats:
+        return stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    return psutil.virtual_memory().available
+
+
+def check_memory(predictor: DepthPredictor, batches, items) -> None:
+    """Raises InputError, before anything is compiled, for a batch whose `memory_estimate` exceeds the
+    `available_memory` of the device, naming its first input, the network size and the estimate."""
+    device = jax.devices()[0]
+    available = available_memory(device)
+    for batch in batches:
+        need = memory_estimate(batch.padded_size, batch.shape, predictor.views, predictor.num_heads,
+                               predictor.patch_size)
+        if need > available:
+            h, w = batch.shape
+            what = f"a batch of {batch.padded_size}" if batch.padded_size > 1 else "one input"
+            raise InputError(f"network input size {h}x{w} ({what}, e.g. {items[batch.indices[0]][0]}) needs about "
+                             f"{need / 1e9:.1f} GB, more than the {available / 1e9:.1f} GB free on "
+                             f"{device.platform}; give a smaller size with --size H W or --input-size S"
+                             + (" or a smaller --batch-size" if batch.padded_size > 1 else ""))
+
+
+def input_disparity(depth: np.ndarray, d2d: float, network_width: int) -> np.ndarray:
+    """Disparity in pixels of the input image from depth at its resolution: d2d / depth * W / w_network."""
+    return np.float32(d2d * depth.shape[1] / network_width) / depth
+
+
+def point_cloud(depth: np.ndarray, image: np.ndarray, intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """Back-projection of an (H, W) depth map with the pinhole `intrinsics` (fx, fy, cx, cy) in pixels at
+    its resolution: X = (u - cx) Z / fx, Y = (v - cy) Z / fy, Z = depth at column u, row v (pixel centres at
+    integer coordinates). Returns (N, 3) float32 xyz and the (N, 3) uint8 colours of `image` (H, W, 3) in
+    [0, 1] at the N pixels of finite, positive depth."""
+    fx, fy, cx, cy = intrinsics
+    v, u = np.nonzero(np.isfinite(depth) & (depth > 0))
+    z = depth[v, u].astype(np.float64)
+    xyz = np.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], axis=-1).astype(np.float32)
+    return xyz, np.round(np.clip(image[v, u], 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outputs:
+    """What is written for each input besides `<stem>.npy` (see the module docstring)."""
+
+    png: bool = True                                  # <stem>.png
+    colorbar: bool = False                            # ... with a colour bar
+    value_range: tuple[float, float] | None = None    # ... on this fixed scale (model output units)
+    intrinsics: tuple[float, float, float, float] | None = None  # <stem>.ply with these fx, fy, cx, cy
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -278,11 +387,14 @@ class DepthPredictor(Jitted):
     modes = (None,)          # accepted `mode`s, the first the default
     default_size = 518       # the size policy used without --size / --input-size
     align_corners = True     # of the resize back to the image size
+    metric = False           # whether the output is depth in metres (else relative inverse depth)
+    colour_title = "relative inverse depth"  # the units of the colour bar
     preprocess = staticmethod(preprocess)
 
     def __init__(self, model, mode=None):
         self.mode = self.check_mode(mode)
-        self.patch_size = self.model_patch_size(model)
+        dinov2 = self.dinov2_config(model)
+        self.patch_size, self.num_heads = dinov2.patch_size, dinov2.num_heads
         super().__init__(model, self.forward)
 
     @classmethod
@@ -303,14 +415,49 @@ class DepthPredictor(Jitted):
         return 1
 
     @staticmethod
-    def model_patch_size(model) -> int:
-        return model.cfg.dinov2.patch_size
+    def dinov2_config(model):
+        return model.cfg.dinov2
 
     def forward(self, model, x):
         return model(x)
 
-    def save(self, out_dir, stem: str, depth: np.ndarray, png: bool) -> None:
-        save_depth_outputs(out_dir, stem, depth, png=png)
+    @staticmethod
+    def colour_values(depth: np.ndarray) -> np.ndarray:
+        """The values the PNG colours, larger = nearer = red: the output itself (already inverse depth)."""
+        return depth
+
+    @staticmethod
+    def colour_label(value) -> str:
+        """The colour bar's label of a colour value."""
+        return f"{value:.3g}"
+
+    def colour_image(self, depth: np.ndarray, outputs: Outputs) -> np.ndarray:
+        """The PNG of a depth map: `colour_values` on the --range scale (its ends mapped by `colour_values`
+        too) or on their own min/max, with a colour bar if asked."""
+        values = self.colour_values(depth)
+        vmin, vmax = (sorted(self.colour_values(np.asarray(outputs.value_range, np.float32)))
+                      if outputs.value_range else finite_range(values))
+        rgb = colorize(values, vmin=vmin, vmax=vmax)
+        if not outputs.colorbar:
+            return rgb
+        labels = [self.colour_label(vmin + t * (vmax - vmin)) for t in np.linspace(1.0, 0.0, COLORBAR_LABELS)]
+        return add_colorbar(rgb, labels, self.colour_title)
+
+    def output_suffixes(self, outputs: Outputs) -> tuple[str, ...]:
+        """The files `save` writes for an input, as endings of its stem."""
+        return (".npy",) + ((".png",) if outputs.png else ()) + ((".ply",) if outputs.intrinsics else ())
+
+    def save(self, out_dir, stem: str, depth: np.ndarray, image: np.ndarray, network_width: int,
+             outputs: Outputs) -> None:
+        """Write the `output_suffixes` files of one input: its (H, W) depth, (H, W, 3) image (the left one of
+        a pair) and the width of the network input it ran at."""
+        out_dir = Path(out_dir)
+        with writing(out_dir):
+            np.save(out_dir / f"{stem}.npy", depth)
+            if outputs.png:
+                write_png(out_dir / f"{stem}.png", self.colour_image(depth, outputs))
+            if outputs.intrinsics:
+                write_ply(out_dir / f"{stem}.ply", *point_cloud(depth, image, outputs.intrinsics))
 
 
 class TiODepthPredictor(DepthPredictor):
@@ -318,45 +465,72 @@ class TiODepthPredictor(DepthPredictor):
 
     kind = "tiodepth"
     modes = ("Refine", "Mono", "Stereo")
-    default_size = (378, 1260)
+    default_size = (378, 1260)  # the fork's; a run's (or its export's) training image size replaces it
     align_corners = False
+    metric = True
+    colour_title = "depth (m)"
     preprocess = staticmethod(preprocess_lanczos)
+
+    def __init__(self, model, mode=None):
+        super().__init__(model, mode)
+        self.d2d = model.cfg.d2d
 
     @property
     def views(self) -> int:
         return 2 if self.mode == "Stereo" else 1
 
     @staticmethod
-    def model_patch_size(model) -> int:
-        return model.encoder.cfg.dinov2.patch_size
+    def dinov2_config(model):
+        return model.encoder.cfg.dinov2
 
     def forward(self, model, color_s, color_o=None):
         inputs = {"color_s": color_s} if color_o is None else {"color_s": color_s, "color_o": color_o}
         return model.inference(inputs, modes=(self.mode,))["depth"][..., 0].astype(jnp.float32)
 
-    def save(self, out_dir, stem: str, depth: np.ndarray, png: bool) -> None:
-        save_depth_outputs(out_dir, stem, depth, png=False)
-        if png:  # inverse depth: near red, far blue, like the Depth-Anything-V2 maps
-            write_png(Path(out_dir) / f"{stem}.png", colorize(1.0 / depth))
+    @staticmethod
+    def colour_values(depth: np.ndarray) -> np.ndarray:
+        """Inverse depth: near red, far blue, like the Depth-Anything-V2 maps."""
+        return 1.0 / depth
+
+    @staticmethod
+    def colour_label(value) -> str:
+        return f"{1.0 / value:.3g}"
+
+    def output_suffixes(self, outputs: Outputs) -> tuple[str, ...]:
+        return super().output_suffixes(outputs) + (("_disp.npy",) if self.views == 2 else ())
+
+    def save(self, out_dir, stem: str, depth: np.ndarray, image: np.ndarray, network_width: int,
+             outputs: Outputs) -> None:
+        super().save(out_dir, stem, depth, image, network_width, outputs)
+        if self.views == 2:
+            with writing(out_dir):
+                np.save(Path(out_dir) / f"{stem}_disp.npy", input_disparity(depth, self.d2d, network_width))
 
 
 PREDICTORS = {cls.kind: cls for cls in (DepthPredictor, TiODepthPredictor)}
 
 
-def load_predictor(checkpoint, dtype=None, mode=None, which="latest") -> DepthPredictor:
-    """The predictor of the model at `checkpoint`: a model directory or a training run (its checkpoint
-    `which`), in the compute dtype it was trained at unless `dtype` is given. A run's predictor defaults
-    to the run's validation input size. Raises InputError for a kind predict does not serve and for a
-    `mode` that kind does not have."""
+def predictor_class(checkpoint) -> type[DepthPredictor]:
+    """The predictor class of the model at `checkpoint` (a training run holds TiO-Depth), from its model.json
+    only; raises InputError for a kind predict does not serve."""
     path = Path(checkpoint)
     kind = read_model_meta(path)["kind"] if (path / "model.json").is_file() else "tiodepth"
     if kind not in PREDICTORS:
         raise InputError(f"{checkpoint} holds a {kind!r} model; predict supports: {', '.join(PREDICTORS)}")
-    PREDICTORS[kind].check_mode(mode)  # before the (slow) parameter loading
-    loaded = load(path, kind=kind, which=which, dtype=dtype)
-    predictor = PREDICTORS[kind](loaded.model, mode=mode)
-    if loaded.eval_size is not None:
-        predictor.default_size = loaded.eval_size
+    return PREDICTORS[kind]
+
+
+def load_predictor(checkpoint, dtype=None, mode=None, which="latest") -> DepthPredictor:
+    """The predictor of the model at `checkpoint`: a model directory or a training run (its checkpoint
+    `which`), in the compute dtype it was trained at unless `dtype` is given. A TiO-Depth predictor
+    defaults to the size the model's training images had (`checkpoint.Loaded.image_size`) where it is
+    known. Raises InputError for a kind predict does not serve and for a `mode` that kind does not have."""
+    cls = predictor_class(checkpoint)
+    cls.check_mode(mode)  # before the (slow) parameter loading
+    loaded = load(checkpoint, kind=cls.kind, which=which, dtype=dtype)
+    predictor = cls(loaded.model, mode=mode)
+    if loaded.image_size is not None:
+        predictor.default_size = loaded.image_size
     return predictor
 
 
@@ -376,26 +550,29 @@ def run_batch(predictor: DepthPredictor, inputs: list[list[np.ndarray]], batch: 
 
 
 def predict_files(predictor: DepthPredictor, paths, out_dir, *, input_size=None, batch_size: int = 4,
-                  png: bool = True) -> None:
-    """Write `<out_dir>/<stem>.npy` and `.png` for every input (see the module docstring).
+                  outputs: Outputs = Outputs()) -> None:
+    """Write `<out_dir>/<stem>.npy` and the other `outputs` for every input (see the module docstring).
 
     paths: image paths, or (left, right) pairs for a two-view predictor. input_size: a size policy of
-    `network_input_shape`; None for the predictor's `default_size`.
+    `network_input_shape`; None for the predictor's `default_size`. Inputs, output names and the memory
+    each network input size needs are checked before anything runs.
     """
     items = [tuple(map(Path, p)) if isinstance(p, (tuple, list)) else (Path(p),) for p in paths]
     if any(len(views) != predictor.views for views in items):
         raise InputError(f"a {predictor.kind!r} model in mode {predictor.mode} takes "
                          + ("stereo pairs (--left, --right)" if predictor.views == 2 else "single images"))
-    stems = output_stems([views[0] for views in items], out_dir, [p for views in items for p in views])
+    stems = output_stems([views[0] for views in items], out_dir, predictor.output_suffixes(outputs),
+                         [p for views in items for p in views])
     sizes = [item_size(views) for views in items]
     batches = plan_batches(sizes, predictor.default_size if input_size is None else input_size, batch_size,
                            predictor.patch_size)
+    check_memory(predictor, batches, items)
     with tqdm(total=len(items), unit="pair" if predictor.views == 2 else "img", desc="depth") as bar:
         for batch in batches:
             inputs = [[read_image(p) for p in items[i]] for i in batch.indices]
             depths = run_batch(predictor, inputs, batch)
-            for i, depth in zip(batch.indices, depths):
-                predictor.save(out_dir, stems[i], depth, png)
+            for i, views, depth in zip(batch.indices, inputs, depths):
+                predictor.save(out_dir, stems[i], depth, views[0], batch.shape[1], outputs)
             bar.update(len(batch.indices))
 
 
@@ -478,7 +655,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="compute dtype (default: the one the model was trained at; float32 for converted models)")
     parser.add_argument("--which", default="latest", type=parse_which,
                         help="checkpoint of a training run: latest (default), best, or a step number")
-    parser.add_argument("--no-png", action="store_true", help="write only the .npy depth maps")
+    parser.add_argument("--no-png", action="store_true", help="write no .png colour maps")
+    parser.add_argument("--range", nargs=2, type=float, metavar=("MIN", "MAX"), dest="value_range",
+                        help="fixed colour scale of the PNGs: depth in metres (TiO-Depth) or the output's own "
+                             "units (Depth-Anything-V2), instead of each image's min/max")
+    parser.add_argument("--colorbar", action="store_true", help="add a colour bar with units to the PNGs")
+    parser.add_argument("--pointcloud", action="store_true",
+                        help="also write <stem>.ply, a coloured point cloud (TiO-Depth; needs the intrinsics)")
+    parser.add_argument("--calibration", type=Path, metavar="FILE",
+                        help="intrinsics of --pointcloud from a stereo-folder calibration.yaml")
+    for name in ("fx", "fy", "cx", "cy"):
+        parser.add_argument(f"--{name}", type=float, help=f"{name} of --pointcloud in pixels of the input images")
     parser.add_argument("--demo", action="store_true",
                         help="random-weight ViT-S on generated images; needs no checkpoint or input")
     args = parser.parse_args(argv)
@@ -503,6 +690,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.size = _size_policy(parser, args.size)
     if (args.input_size is not None and args.input_size < 1) or args.batch_size < 1:
         parser.error("--input-size and --batch-size must be positive")
+    if args.value_range and not 0 < args.value_range[0] < args.value_range[1] < math.inf:
+        parser.error(f"--range takes MIN MAX with 0 < MIN < MAX, got {' '.join(map(str, args.value_range))}")
+    if (args.value_range or args.colorbar) and args.no_png:
+        parser.error("--range and --colorbar apply to the PNGs, which --no-png turns off")
+    given = [name for name in ("fx", "fy", "cx", "cy") if getattr(args, name) is not None]
+    if (args.calibration or given) and not args.pointcloud:
+        parser.error("--calibration and --fx --fy --cx --cy give the intrinsics of --pointcloud")
+    if args.pointcloud and (bool(args.calibration) == bool(given) or 0 < len(given) < 4):
+        parser.error("--pointcloud needs the intrinsics: --calibration FILE or all of --fx --fy --cx --cy")
+    if any(getattr(args, name) is not None and getattr(args, name) <= 0 for name in ("fx", "fy")):
+        parser.error("--fx and --fy must be positive")
     if args.demo and args.input_size is None:
         args.input_size = 518
     return args
@@ -512,8 +710,24 @@ def main(argv=None) -> int:
     return run_command(lambda: run(parse_args(argv)))
 
 
+def intrinsics(args: argparse.Namespace) -> tuple[float, float, float, float] | None:
+    """(fx, fy, cx, cy) of --pointcloud, from --calibration or --fx --fy --cx --cy; None without it."""
+    if args.calibration:
+        calibration = read_calibration(args.calibration)
+        return calibration.fx, calibration.fy, calibration.cx, calibration.cy
+    return (args.fx, args.fy, args.cx, args.cy) if args.pointcloud else None
+
+
 def run(args: argparse.Namespace) -> None:
     """The prediction the command line asks for."""
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"--out {args.out} is a file; give a folder (it is created if it does not exist)")
+    cls = DepthPredictor if args.demo else predictor_class(args.checkpoint)
+    if args.pointcloud and not cls.metric:
+        raise InputError(f"--pointcloud needs metric depth (a TiO-Depth model); a {cls.kind!r} model predicts "
+                         "relative inverse depth")
+    outputs = Outputs(png=not args.no_png, colorbar=args.colorbar,
+                      value_range=tuple(args.value_range) if args.value_range else None, intrinsics=intrinsics(args))
     dtype = DTYPES[args.dtype] if args.dtype else None
     start = time.perf_counter()
     if args.demo:
@@ -531,7 +745,7 @@ def run(args: argparse.Namespace) -> None:
     print(f"{len(paths)} {'pair' if predictor.views == 2 else 'image'}(s){mode}, {size_text}, "
           f"batch {args.batch_size}, {args.dtype or 'the trained dtype'}, on {jax.default_backend()} "
           f"({jax.devices()[0].device_kind})")
-    predict_files(predictor, paths, args.out, input_size=size, batch_size=args.batch_size, png=not args.no_png)
+    predict_files(predictor, paths, args.out, input_size=size, batch_size=args.batch_size, outputs=outputs)
     print(f"wrote {len(paths)} depth map(s) to {args.out} in {time.perf_counter() - start:.1f} s "
           f"({predictor.num_traces} input shape(s) compiled)")
 
