@@ -309,7 +309,7 @@ def test_training_checkpoint(demo_cfg, model, tmp_path):
         loaded = load(path, which=which)
         assert loaded.source == {"checkpoint": str(run / "checkpoints"), "kind": "training", "step": step}
         assert (loaded.kind, loaded.dtype) == ("tiodepth", demo_cfg.dtype)
-        assert loaded.train_size == demo_cfg.model.image_size and loaded.eval_size == demo_cfg.val.image_size
+        assert loaded.train_size == demo_cfg.model.image_size and loaded.image_size == demo_cfg.data.image_size
         for part, filt in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
             want, got = jax.tree.leaves(state[part]), jax.tree.leaves(nnx.state(loaded.model, filt))
             assert len(want) == len(got) and all(np.array_equal(a, b) for a, b in zip(want, got))
@@ -322,14 +322,14 @@ def test_training_checkpoint(demo_cfg, model, tmp_path):
 
 
 def test_predict_from_a_training_run(demo_cfg, model, tmp_path):
-    """predict takes a run too, with the run's validation size as its default size."""
+    """predict takes a run too, with the size its training images had (data.image_size) as its default size."""
     from tiodepth_jax import predict
     _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     ckpts = TrainCheckpoints(tmp_path / "run" / "checkpoints", async_save=False, config=demo_cfg.to_dict())
     ckpts.save(3, {"params": params, "batch_stats": stats}, {"epoch": 1})
     ckpts.close()
     predictor = predict.load_predictor(tmp_path / "run", mode="Mono")
-    assert predictor.default_size == demo_cfg.val.image_size
+    assert predictor.default_size == demo_cfg.data.image_size
     write_png(tmp_path / "frame.png", np.full((30, 50, 3), 128, np.uint8))
     assert predict.main(["--checkpoint", str(tmp_path / "run"), "--input", str(tmp_path / "frame.png"),
                          "--mode", "Mono", "--out", str(tmp_path / "out"), "--no-png"]) == 0
@@ -361,7 +361,7 @@ def test_best_training_checkpoint(demo_cfg, model, tmp_path):
 
 def test_converted_checkpoint(model, model_checkpoint):
     loaded = load(model_checkpoint)
-    assert loaded.source == {"checkpoint": str(model_checkpoint), "kind": "model"} and loaded.eval_size is None
+    assert loaded.source == {"checkpoint": str(model_checkpoint), "kind": "model"} and loaded.image_size is None
     want, got = jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(nnx.state(loaded.model, nnx.Param))
     assert all(np.array_equal(a, b) for a, b in zip(want, got))
 
@@ -468,8 +468,8 @@ def test_stereo_folder_end_to_end(tmp_path, monkeypatch):
     builders.build("stereo_folder", root, tmp_path / "tfds", progress=False)
     size = (28, 56)   # the checkpoint's own input size; the prediction's disparity is x 60 / 56 at the GT size
     model = ConstantModel(10.0, fx * baseline / 10.0 * size[1] / 60)
-    monkeypatch.setattr(ev, "load", lambda *a, **k: Loaded(model, "tiodepth", "float32", None, size,
-                                                           {"checkpoint": "stub", "kind": "training"}))
+    monkeypatch.setattr(ev, "load", lambda *a, **k: Loaded(model, "tiodepth", "float32", None,
+                                                           {"checkpoint": "stub", "kind": "training"}, size))
 
     def run(*extra):
         out = tmp_path / f"out{len(extra)}"

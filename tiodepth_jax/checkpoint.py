@@ -10,11 +10,12 @@ Two kinds of source:
   its parameters and BatchNorm statistics are read (the optimiser states stay on disk).
 
     loaded = load("runs/demo", which="best")        # or a model directory; which = latest | best | <step>
-    loaded.model, loaded.kind, loaded.dtype, loaded.train_size, loaded.eval_size, loaded.image_size, loaded.source
+    loaded.model, loaded.kind, loaded.dtype, loaded.train_size, loaded.image_size, loaded.source
     save_model(path, model, source={...})
 
 `load` builds the model in the compute dtype it was trained at (`dtype=` overrides) and reports the
-training crop, the evaluation input size the run used and the size its training images were resized to. A
+training crop and the size its training images were resized to (the default input size of predict and
+evaluate). A
 model directory exported from a run (`tiodepth_jax.export_model`) records the run's compute dtype and image
 size in its `source` ("dtype", "image_size"), so that it loads as the run does. Problems with the path are
 `UserError`s.
@@ -57,7 +58,6 @@ class Loaded:
     kind: str                                  # a key of MODEL_KINDS
     dtype: str                                 # compute dtype the model was built with
     train_size: tuple[int, int] | None         # TiO-Depth's training crop (model.image_size)
-    eval_size: tuple[int, int] | None          # the run's validation input size; None for a model directory
     source: dict                               # {'checkpoint', 'kind': 'model' | 'training', 'step'}
     image_size: tuple[int, int] | None = None  # TiO-Depth: the size a run's training images were resized to
                                                # (data.image_size, before the crop), as recorded by an export
@@ -234,7 +234,7 @@ def load_run(path: str | os.PathLike, *, which="latest", dtype=None) -> Loaded:
     finally:
         manager.close()
     model = nnx.merge(graphdef, restored.state["params"], restored.state["batch_stats"])
-    return Loaded(model, "tiodepth", dtype.name, tuple(cfg.model.image_size), tuple(cfg.val.image_size),
+    return Loaded(model, "tiodepth", dtype.name, tuple(cfg.model.image_size),
                   {"checkpoint": str(directory), "kind": "training", "step": step}, tuple(cfg.data.image_size))
 
 
@@ -250,7 +250,7 @@ def load(path: str | os.PathLike, *, kind: str | None = None, which="latest", dt
         model = load_model(path, kind=kind, dtype=dtype)
         train_size = tuple(model.cfg.image_size) if isinstance(model, TiODepth) else None
         image_size = tuple(recorded["image_size"]) if "image_size" in recorded else None
-        return Loaded(model, model_kind(model), dtype.name, train_size, None,
+        return Loaded(model, model_kind(model), dtype.name, train_size,
                       {"checkpoint": str(path), "kind": "model"}, image_size)
     loaded = load_run(path, which=which, dtype=dtype)
     _check_kind(path, loaded.kind, kind)

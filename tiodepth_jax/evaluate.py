@@ -25,10 +25,10 @@ Usage:
                  test otherwise)
   --modes        paths to evaluate, run in the order Mono, Stereo, Refine (default val.modes)
   --size H W     network input size (multiples of 14). Without it, the first of: val.image_size given as a
-                 key=value argument; the checkpoint's own size (a training run's val.image_size, the size it
-                 validated at and `predict` runs it at); the --config's val.image_size. Never the training
-                 crop (model.image_size): the fork trains on 252x840 crops of 378x1260 images, so a whole
-                 image at the crop size would be seen at 2/3 of the scale the network learned.
+                 key=value argument; the size the checkpoint was trained at (a training run's data.image_size,
+                 which an export records; as `predict` runs it); the --config's val.image_size. Never the
+                 training crop (model.image_size): the fork trains on 252x840 crops of 378x1260 images, so a
+                 whole image at the crop size would be seen at 2/3 of the scale the network learned.
   --metric       depth_kitti: GT > min_depth, GT clamped to [min_depth, max_depth]; depth_kitti_mono: the same
                  with median scaling; depth_kitti_stereo2015: min_depth < GT < max_depth. Default val.metric;
                  for an explicit --dataset depth_kitti_stereo2015 on kitti_stereo2015, depth_kitti otherwise
@@ -379,7 +379,7 @@ def resolve_settings(args: argparse.Namespace, cfg: TrainConfig) -> dict:
 
 def input_size(args: argparse.Namespace, cfg: TrainConfig, model_size) -> tuple[tuple[int, int], str]:
     """The network input size and where it comes from: --size, else val.image_size given as an argument, else
-    the checkpoint's own (``model_size``, `checkpoint.Loaded.eval_size`; None for a converted model), else
+    the checkpoint's own (``model_size``, `checkpoint.Loaded.image_size`; None for a converted model), else
     the config's val.image_size. InputError if --size is not two multiples of the patch or the size does not
     fit mspp."""
     if args.size:
@@ -406,7 +406,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = resolve_settings(args, cfg)
     source = open_source(settings["dataset"], settings["data_dir"], settings["split"])
     loaded = load(args.checkpoint, kind="tiodepth", which=args.which)
-    image_size, size_origin = input_size(args, cfg, loaded.eval_size)
+    image_size, size_origin = input_size(args, cfg, loaded.image_size)
     opts, modes, method = settings["opts"], settings["modes"], settings["post_process"]
     pp_modes = [m for m in modes if m in POST_PROCESSED_MODES] if method != "none" else []
     predictions = args.out / PREDICTIONS if args.save_predictions else None
