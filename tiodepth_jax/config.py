@@ -378,7 +378,6 @@ class TrainConfig:
             _fail("checkpoint.best_metric", f"{self.checkpoint.best_metric} is computed on TFDS validation sets "
                                             f"with ground truth, not on the synthetic scenes")
         self._check_model()
-        self._check_bins()
         if self.losses is not None:
             if not isinstance(self.losses, Mapping):
                 _fail("losses", f"expected a mapping {{param_groupK: [terms]}} or null, got {self.losses!r}")
@@ -390,14 +389,15 @@ class TrainConfig:
                     _fail(f"losses.{name}", "expected {term name: term mapping} (the original's loss_terms) or a "
                                             f"list of term mappings, got {terms!r}")
 
-    def _check_bins(self):
-        """The largest bin must shift features less than the training crop is wide (the MFM's shifts)."""
+    def check_bins(self):
+        """Training only (a stored run's config loads for inference whatever its bins): the largest bin must
+        shift features less than the training crop is wide (the MFM's shifts); ConfigError naming the key."""
         m, width = self.model, self.crop_size[1]
         if m.max_disp != "auto" and m.max_disp >= width:
             nearest = "" if m.d2d == "auto" else f" = {m.d2d / width:.4g} m"
-            _fail("model.max_disp", f"{m.max_disp:.4g} is not below the training width {width}: the stereo matching "
-                                    f"shifts features by up to max_disp pixels (with model.depth_range, its "
-                                    f"minimum must exceed d2d / {width}{nearest})")
+            raise ConfigError(f"model.max_disp: {m.max_disp:.4g} is not below the training width {width}: the "
+                              f"stereo matching shifts features by up to max_disp pixels (with model.depth_range, "
+                              f"its minimum must exceed d2d / {width}{nearest})")
 
     def _check_model(self):
         """Errors the model would only raise when built: variant, taps, decoder name and widths."""

@@ -47,8 +47,13 @@ Usage:
                  at the input resolution: X = (u - cx) * Z / fx, Y = (v - cy) * Z / fy, Z = depth, with u, v
                  the column and row of the pixel (pixel centres at integer coordinates, as OpenCV's and
                  calibration tools' cx, cy); x right, y down, z forward. Metric (TiO-Depth) models only.
-  --calibration FILE  the intrinsics of --pointcloud from a stereo-folder calibration.yaml (fx, fy, cx, cy,
-                 in pixels at the size of the images given; see tiodepth_jax/data/stereo_folder.py)
+  --calibration FILE  the rig's stereo-folder calibration.yaml (tiodepth_jax/data/stereo_folder.py; fx, fy,
+                 cx, cy in pixels at the size of the images given): the intrinsics of --pointcloud, and for
+                 pairs its doffs (the right camera's cx minus the left's): each pair is aligned as the build
+                 aligns it (both views cropped, the right one shifted by doffs) before the network sees it;
+                 the depth is written at the left image's resolution, NaN in the columns the alignment
+                 cropped, and <stem>_disp.npy is x_left - x_right of the input images (d2d / depth * scale -
+                 doffs)
   --fx --fy --cx --cy  the same intrinsics given directly (all four)
   --demo         no checkpoint, no input: a ViT-S Depth-Anything-V2 with RANDOM weights (nnx.Rngs(0))
                  runs on two generated 240x320 scenes (written to <out>/demo_inputs/), exercising the
@@ -147,7 +152,7 @@ from tqdm import tqdm
 
 from tiodepth_jax.checkpoint import load, parse_which, read_model_meta
 from tiodepth_jax.colormap import add_colorbar, colorize, finite_range
-from tiodepth_jax.data.stereo_folder import read_calibration
+from tiodepth_jax.data import stereo_folder
 from tiodepth_jax.errors import InputError, InputNotFoundError, run_command
 from tiodepth_jax.images import image_size, list_images, read_image, write_ply, write_png, writing
 from tiodepth_jax.inference import Jitted
@@ -344,9 +349,33 @@ def check_memory(predictor: DepthPredictor, batches, items) -> None:
                              + (" or a smaller --batch-size" if batch.padded_size > 1 else ""))
 
 
-def input_disparity(depth: np.ndarray, d2d: float, network_width: int) -> np.ndarray:
-    """Disparity in pixels of the input image from depth at its resolution: d2d / depth * W / w_network."""
-    return np.float32(d2d * depth.shape[1] / network_width) / depth
+@dataclasses.dataclass(frozen=True)
+class InputGeometry:
+    """How a network disparity maps to the input pair's: disparity = d2d / depth * scale - doffs, with scale =
+    the width of the (aligned) images the network saw / the network input width, and doffs the rig's."""
+
+    scale: float
+    doffs: float = 0.0
+
+
+def input_disparity(depth: np.ndarray, d2d: float, geometry: InputGeometry) -> np.ndarray:
+    """Disparity x_left - x_right in pixels of the input images from depth at their resolution."""
+    return np.float32(d2d * geometry.scale) / depth - np.float32(geometry.doffs)
+
+
+def align_views(views: list[np.ndarray], doffs: float) -> tuple[list[np.ndarray], stereo_folder.Alignment]:
+    """A pair (float RGB in [0, 1]) aligned as the stereo-folder build aligns it (8-bit, `align_pair`)."""
+    left, right = (Image.fromarray(np.round(np.clip(v, 0, 1) * 255).astype(np.uint8)) for v in views)
+    left, right, alignment = stereo_folder.align_pair(left, right, doffs)
+    return [np.asarray(v, np.float32) / np.float32(255) for v in (left, right)], alignment
+
+
+def unalign(depth: np.ndarray, alignment: stereo_folder.Alignment, width: int) -> np.ndarray:
+    """The (H, alignment.width) depth of an aligned left view placed in the (H, width) left image; NaN in the
+    columns the alignment cropped."""
+    full = np.full((depth.shape[0], width), np.nan, np.float32)
+    full[:, alignment.left_start:alignment.left_start + alignment.width] = depth
+    return full
 
 
 def point_cloud(depth: np.ndarray, image: np.ndarray, intrinsics) -> tuple[np.ndarray, np.ndarray]:
@@ -447,10 +476,10 @@ class DepthPredictor(Jitted):
         """The files `save` writes for an input, as endings of its stem."""
         return (".npy",) + ((".png",) if outputs.png else ()) + ((".ply",) if outputs.intrinsics else ())
 
-    def save(self, out_dir, stem: str, depth: np.ndarray, image: np.ndarray, network_width: int,
+    def save(self, out_dir, stem: str, depth: np.ndarray, image: np.ndarray, geometry: InputGeometry,
              outputs: Outputs) -> None:
         """Write the `output_suffixes` files of one input: its (H, W) depth, (H, W, 3) image (the left one of
-        a pair) and the width of the network input it ran at."""
+        a pair) and how the network's disparities map to the input's."""
         out_dir = Path(out_dir)
         with writing(out_dir):
             np.save(out_dir / f"{stem}.npy", depth)
@@ -499,12 +528,12 @@ class TiODepthPredictor(DepthPredictor):
     def output_suffixes(self, outputs: Outputs) -> tuple[str, ...]:
         return super().output_suffixes(outputs) + (("_disp.npy",) if self.views == 2 else ())
 
-    def save(self, out_dir, stem: str, depth: np.ndarray, image: np.ndarray, network_width: int,
+    def save(self, out_dir, stem: str, depth: np.ndarray, image: np.ndarray, geometry: InputGeometry,
              outputs: Outputs) -> None:
-        super().save(out_dir, stem, depth, image, network_width, outputs)
+        super().save(out_dir, stem, depth, image, geometry, outputs)
         if self.views == 2:
             with writing(out_dir):
-                np.save(Path(out_dir) / f"{stem}_disp.npy", input_disparity(depth, self.d2d, network_width))
+                np.save(Path(out_dir) / f"{stem}_disp.npy", input_disparity(depth, self.d2d, geometry))
 
 
 PREDICTORS = {cls.kind: cls for cls in (DepthPredictor, TiODepthPredictor)}
@@ -550,12 +579,13 @@ def run_batch(predictor: DepthPredictor, inputs: list[list[np.ndarray]], batch: 
 
 
 def predict_files(predictor: DepthPredictor, paths, out_dir, *, input_size=None, batch_size: int = 4,
-                  outputs: Outputs = Outputs()) -> None:
+                  outputs: Outputs = Outputs(), doffs: float = 0.0) -> None:
     """Write `<out_dir>/<stem>.npy` and the other `outputs` for every input (see the module docstring).
 
     paths: image paths, or (left, right) pairs for a two-view predictor. input_size: a size policy of
-    `network_input_shape`; None for the predictor's `default_size`. Inputs, output names and the memory
-    each network input size needs are checked before anything runs.
+    `network_input_shape`; None for the predictor's `default_size`. doffs: the rig's principal-point offset
+    (pairs): each pair is aligned as the stereo-folder build aligns it before the network sees it. Inputs,
+    output names and the memory each network input size needs are checked before anything runs.
     """
     items = [tuple(map(Path, p)) if isinstance(p, (tuple, list)) else (Path(p),) for p in paths]
     if any(len(views) != predictor.views for views in items):
@@ -563,16 +593,22 @@ def predict_files(predictor: DepthPredictor, paths, out_dir, *, input_size=None,
                          + ("stereo pairs (--left, --right)" if predictor.views == 2 else "single images"))
     stems = output_stems([views[0] for views in items], out_dir, predictor.output_suffixes(outputs),
                          [p for views in items for p in views])
+    aligned = doffs != 0 and predictor.views == 2
     sizes = [item_size(views) for views in items]
-    batches = plan_batches(sizes, predictor.default_size if input_size is None else input_size, batch_size,
-                           predictor.patch_size)
+    network_sizes = [(h, stereo_folder.alignment(doffs, w).width) if aligned else (h, w) for h, w in sizes]
+    batches = plan_batches(network_sizes, predictor.default_size if input_size is None else input_size,
+                           batch_size, predictor.patch_size)
     check_memory(predictor, batches, items)
     with tqdm(total=len(items), unit="pair" if predictor.views == 2 else "img", desc="depth") as bar:
         for batch in batches:
-            inputs = [[read_image(p) for p in items[i]] for i in batch.indices]
+            images = [[read_image(p) for p in items[i]] for i in batch.indices]
+            inputs = [align_views(views, doffs)[0] if aligned else views for views in images]
             depths = run_batch(predictor, inputs, batch)
-            for i, views, depth in zip(batch.indices, inputs, depths):
-                predictor.save(out_dir, stems[i], depth, views[0], batch.shape[1], outputs)
+            for i, views, depth in zip(batch.indices, images, depths):
+                geometry = InputGeometry(network_sizes[i][1] / batch.shape[1], doffs if aligned else 0.0)
+                if aligned:
+                    depth = unalign(depth, stereo_folder.alignment(doffs, sizes[i][1]), sizes[i][1])
+                predictor.save(out_dir, stems[i], depth, views[0], geometry, outputs)
             bar.update(len(batch.indices))
 
 
@@ -695,8 +731,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if (args.value_range or args.colorbar) and args.no_png:
         parser.error("--range and --colorbar apply to the PNGs, which --no-png turns off")
     given = [name for name in ("fx", "fy", "cx", "cy") if getattr(args, name) is not None]
-    if (args.calibration or given) and not args.pointcloud:
-        parser.error("--calibration and --fx --fy --cx --cy give the intrinsics of --pointcloud")
+    if given and not args.pointcloud:
+        parser.error("--fx --fy --cx --cy give the intrinsics of --pointcloud")
+    if args.calibration and not (args.pointcloud or args.left):
+        parser.error("--calibration aligns stereo pairs (--left, --right) and gives --pointcloud's intrinsics")
     if args.pointcloud and (bool(args.calibration) == bool(given) or 0 < len(given) < 4):
         parser.error("--pointcloud needs the intrinsics: --calibration FILE or all of --fx --fy --cx --cy")
     if any(getattr(args, name) is not None and getattr(args, name) <= 0 for name in ("fx", "fy")):
@@ -713,7 +751,7 @@ def main(argv=None) -> int:
 def intrinsics(args: argparse.Namespace) -> tuple[float, float, float, float] | None:
     """(fx, fy, cx, cy) of --pointcloud, from --calibration or --fx --fy --cx --cy; None without it."""
     if args.calibration:
-        calibration = read_calibration(args.calibration)
+        calibration = stereo_folder.read_calibration(args.calibration)
         return calibration.fx, calibration.fy, calibration.cx, calibration.cy
     return (args.fx, args.fy, args.cx, args.cy) if args.pointcloud else None
 
@@ -745,7 +783,9 @@ def run(args: argparse.Namespace) -> None:
     print(f"{len(paths)} {'pair' if predictor.views == 2 else 'image'}(s){mode}, {size_text}, "
           f"batch {args.batch_size}, {args.dtype or 'the trained dtype'}, on {jax.default_backend()} "
           f"({jax.devices()[0].device_kind})")
-    predict_files(predictor, paths, args.out, input_size=size, batch_size=args.batch_size, outputs=outputs)
+    doffs = stereo_folder.read_calibration(args.calibration).doffs if args.calibration and args.left else 0.0
+    predict_files(predictor, paths, args.out, input_size=size, batch_size=args.batch_size, outputs=outputs,
+                  doffs=doffs)
     print(f"wrote {len(paths)} depth map(s) to {args.out} in {time.perf_counter() - start:.1f} s "
           f"({predictor.num_traces} input shape(s) compiled)")
 

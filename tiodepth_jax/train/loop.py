@@ -77,18 +77,21 @@ def train_samples(cfg: TrainConfig):
 
 def resolve_geometry(cfg: TrainConfig, samples) -> TrainConfig:
     """``cfg`` with model.d2d / min_disp / max_disp 'auto' derived (and said once): d2d = fx * baseline of the
-    training set, fx in pixels at data.image_size's width; min_disp, max_disp = d2d / model.depth_range."""
+    training set, fx in pixels at data.image_size's width; min_disp, max_disp = d2d / model.depth_range. The
+    bins are checked against the training width (`TrainConfig.check_bins`)."""
     m = cfg.model
     if m.resolved:
+        cfg.check_bins()
         return cfg
     from_data = m.d2d == "auto"
     d2d = samples.fx_baseline() if from_data else m.d2d
+    source = "the training set's fx * baseline" if from_data else "model.d2d"
     try:
-        model = m.resolve_geometry(d2d)
-        resolved = dataclasses.replace(cfg, model=model)
-    except ValueError as e:
-        source = "the training set's fx * baseline" if from_data else "model.d2d"
+        resolved = dataclasses.replace(cfg, model=m.resolve_geometry(d2d))
+        resolved.check_bins()
+    except ValueError as e:  # ConfigError included
         raise ConfigError(f"{e} (d2d {d2d:.6g} from {source})") from None
+    model = resolved.model
     log.info("stereo geometry%s at width %d: d2d = fx * baseline = %.6g, bins %.6g .. %.6g px (depth %.6g .. "
              "%.6g m)", " from the training set" if from_data else "", cfg.data.image_size[1], model.d2d,
              model.min_disp, model.max_disp, model.d2d / model.max_disp, model.d2d / model.min_disp)
