@@ -104,9 +104,9 @@ def _project_to_grid(points, P, h, w):
 # ascending order (``baddbmm_cpu_kernel``'s ``acc += a * b`` loop for the 4x4 ``K @ T``, MKL's batched sgemm for
 # the (3, H*W) products: both matched the unfused sequential sum bit for bit, and no FMA order); its divisions
 # are IEEE divisions. Written as plain jnp, XLA's CPU compiler evaluates this otherwise: LLVM contracts a product
-# followed by a sum into one FMA, and the algebraic simplifier turns a division by a broadcast (the constant
-# ``w - 1``, or ``p_z`` shared by u and v) into a multiplication by the reciprocal and ``(a / b) / c`` into
-# ``a / (b * c)``. Each moves the grid by about an ulp, which flips the in-view mask on rows 0 and H-1.
+# followed by a sum into one FMA, and the algebraic simplifier turns a division by a constant (or by a broadcast)
+# into a multiplication by the reciprocal and ``(a / b) / c`` into ``a / (b * c)``. Each moves the grid by about
+# an ulp, which flips the in-view mask on rows 0 and H-1.
 # ``_rounded`` (a select that only passes a NaN on) is an exact identity neither of them can look through;
 # tests/test_geometry.py checks the jitted grids bit for bit.
 
@@ -118,7 +118,8 @@ def _rounded(x):
 
 
 def _bmm(a, x):
-    """``torch.matmul(a, x)`` for float32 a (B, I, K) and x (B or 1, K, N): (B, I, N), see :func:`_sum_of_products`."""
+    """``torch.matmul(a, x)`` for float32 a (B, I, K) and x (B or 1, K, N) -> (B, I, N), summed like PyTorch's CPU
+    kernels (:func:`_sum_of_products`)."""
     return _sum_of_products([(a[:, :, k, None], x[:, k, None, :]) for k in range(a.shape[2])])
 
 
