@@ -108,7 +108,7 @@ def _project_to_grid(points, P, h, w):
 # into a multiplication by the reciprocal and ``(a / b) / c`` into ``a / (b * c)``. Each moves the grid by about
 # an ulp, which flips the in-view mask on rows 0 and H-1.
 # ``_rounded`` (a select that only passes a NaN on) is an exact identity neither of them can look through;
-# tests/test_geometry.py checks the jitted grids bit for bit.
+# tests/test_geometry.py checks the jitted grids bit for bit (on CPU; XLA's GPU compiler was not checked).
 
 
 def _rounded(x):
