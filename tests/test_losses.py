@@ -7,7 +7,7 @@ the set), whatever its sizes, batch and storage (whole, sampled or alias):
 * the loss functions alone on the reference's own inputs where they are stored whole (separates loss errors from
   upstream errors); an input stored only sampled is replaced by our own stage output, and the result is then held
   to the from-our-outputs tolerance;
-* Stereo_photo also where no occlusion/edge-mask flip reaches the 3x3 SSIM window.
+* Stereo_photo also where no flip of the visibility (occlusion and in-view masks) reaches the 3x3 SSIM window.
 Plus analytic checks (SSIM of identical images, KL of equal volumes, confidence of one-hot targets, finite
 gradients, the thresholded L1's zero gradient, jit) and the yaml -> LossTerm path.
 Run with -s to see the measured errors.
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from tests.parity import FixtureSet, nchw, tio_params
-from tests.parity_tio import OCC_MARGIN
+from tests.parity_tio import OCC_MARGIN, in_view_decided
 from tiodepth_jax.losses import (TRAINING_LOSSES, LossTerm, cost_confidence, cost_loss, evaluate_terms, grad_loss,
                                  photo_loss, smooth_loss, ssim, terms_from_config)
 from tiodepth_jax.ops.geometry import occlusion_mask_downscaled
@@ -31,10 +31,14 @@ from tiodepth_jax.ops.geometry import occlusion_mask_downscaled
 # The fork's loss groups: their training stage and loss side (a set's `training.stages` must agree).
 SIDES = {"param_group1": "o", "param_group2": "s", "param_group3": "s"}
 STAGES = {"param_group1": "stage1", "param_group2": "stage2", "param_group3": "stage3"}
+# Stereo_gui2-value is the map's sum over the sum of inv_edge_mask_s, whose pixels on rows 0 and H-1 follow the
+# last bits of the mono depth (tests.parity_tio.EDGE_ROWS): in tio_dinov2b 331 of the 788 whose depth differs
+# flip, with PyTorch's own arithmetic too, and move the value by 3.6e-3 (recorded sensitivity 4.8e-3).
 VALUE_TOL = {"Stereo_gui2": 3e-2}  # fixtures README tolerances table
 MAP_TOL = {"Refine_hints": 1e-2}
-# Stereo_photo follows mask flips: its recorded sensitivity (rel L2 3.3e-2 whole, 2.3e-2 without rows 0 and
-# H-1 in tio_dinov2b) is the size of the differences to expect, so it is the bound (no x10).
+# Stereo_photo follows the visibility flips: its recorded sensitivity (rel L2 3.3e-2 whole, 2.3e-2 without rows 0
+# and H-1 in tio_dinov2b) is the size of the differences to expect, so it is the bound (no x10). Without rows 0
+# and H-1 the occlusion-threshold flips remain (6 pixels in tio_dinov2b: 9.5e-3 away from the in-view flips).
 STEREO_PHOTO_TOL = 5e-2
 # The loss functions alone on the reference's own inputs: only float32 rounding differs.
 ISOLATED_TOL = 1e-5
@@ -73,17 +77,11 @@ def _nhwc(a):
     return a.transpose(0, 2, 3, 1) if a.ndim == 4 else a
 
 
-def _inner_rows(shape):
-    keep = np.zeros(shape, bool)
-    keep[..., 1:-1, :] = True
-    return keep
-
-
-def _map_tolerance(fs, name, term):
-    """(tol, keep) of a loss map computed from our stage outputs (fixtures README tolerances)."""
-    if term == "Stereo_gui2":  # tolerance from the sensitivity without rows 0 and H-1
+def _map_tolerance(fs, name, term, outs):
+    """(tol, keep) of a loss map computed from our stage outputs `outs` (fixtures README tolerances)."""
+    if term == "Stereo_gui2":  # where the in-view mask is decided; the sensitivity without rows 0 and H-1
         sens = fs.entries[name]["sensitivity"]["rel_l2_without_rows_0_and_H-1"]
-        return max(1e-4, 10 * sens), _inner_rows(fs.shape(name))
+        return max(1e-4, 10 * sens), in_view_decided(fs, "train/stage2/", outs["stage2"])
     if term == "Stereo_photo":
         return STEREO_PHOTO_TOL, None
     return max(fs.tolerance(name), MAP_TOL.get(term, 0)), None
@@ -105,13 +103,13 @@ def _dilate3(mask):
 
 
 def test_loss_maps_match_fixture(fs, computed):
-    _, _, groups = computed
+    outs, _, groups = computed
     results = []
     for g, (_, side) in _groups(fs).items():
         maps = groups[g][2]
         for term in TRAINING_LOSSES[g]:
             name = f"train/loss/{term.name}/{side}"
-            tol, keep = _map_tolerance(fs, name, term.name)
+            tol, keep = _map_tolerance(fs, name, term.name, outs)
             c = fs.compare(name, nchw(maps[term.name]), tol=tol, keep=keep)
             results.append(c)
             print(f"map {name} ({fs.storage(name)}): rel L2 {c.rel_l2:.2e} (tol {c.tol:.1e}) {c.detail}")
@@ -143,26 +141,26 @@ def test_loss_values_and_totals_match_fixture(fs, computed):
 
 def test_stereo_photo_away_from_mask_flips(fs, computed):
     """Stereo_photo where the 3x3 SSIM window sees no flip of the visibility (1 - invalid_mask_s, which holds
-    the occlusion and edge masks) and no image row 0 / H-1: the remaining error is the loss's own.
+    the occlusion and in-view masks): the remaining error is the loss's own.
 
     With invalid_mask_s stored whole the flips are known exactly. With it sampled, every pixel that may flip is
-    excluded instead: rows 0 / H-1 and the pixels whose occlusion value (from our stage-2 disparity) lies within
-    OCC_MARGIN of the 0.8 threshold; every flip found on the stored samples must be one of those."""
+    excluded instead: those where the in-view mask is not decided (tests.parity_tio.EDGE_ROWS) and those whose
+    occlusion value (from our stage-2 disparity) lies within OCC_MARGIN of the 0.8 threshold; every flip found on
+    the stored samples must be one of those."""
     outs, batch, groups = computed
     mask_name = "train/stage2/invalid_mask_s"
     ours_inv = nchw(outs["stage2"]["invalid_mask_s"])
     if fs.is_whole(mask_name):
         flips = (ours_inv != fs.whole(mask_name))[:, 0]
-        flips[:, [0, -1], :] = True
-        how = f"{int(flips[:, 1:-1].sum())} visibility flips"
+        how = f"{int(flips.sum())} visibility flips"
     else:
         occ = np.asarray(occlusion_mask_downscaled(outs["stage2"]["mono_disp_0_s"], -np.asarray(batch["direct"])))
-        flips = np.abs(occ[..., 0] - 0.8) <= OCC_MARGIN
-        flips[:, [0, -1], :] = True
+        undecided = ~in_view_decided(fs, "train/stage2/", outs["stage2"])[:, 0]
+        flips = (np.abs(occ[..., 0] - 0.8) <= OCC_MARGIN) | undecided
         frac, n_flips, n = fs.flip_fraction(mask_name, ours_inv, keep=~flips[:, None])
-        assert n_flips == 0, f"{n_flips}/{n} stored samples of {mask_name} flipped away from rows 0/H-1 and the " \
-                             f"occlusion threshold margin"
-        how = f"{int(flips[:, 1:-1].sum())} possible visibility flips (sampled mask, {n} samples checked)"
+        assert n_flips == 0, f"{n_flips}/{n} stored samples of {mask_name} flipped where the in-view mask is " \
+                             f"decided, off the occlusion threshold margin"
+        how = f"{int(flips.sum())} possible visibility flips (sampled mask, {n} samples checked)"
     keep = ~_dilate3(flips)[:, None]
     c = fs.compare("train/loss/Stereo_photo/s", nchw(groups["param_group2"][2]["Stereo_photo"]), tol=1e-3, keep=keep)
     print(f"Stereo_photo away from {how} ({keep.mean():.1%} kept): rel L2 {c.rel_l2:.2e} {c.detail}")
@@ -216,7 +214,7 @@ def test_loss_functions_on_stored_inputs(fs, request):
         if reference_inputs:  # the reference's own inputs: only float32 rounding differs
             tol, keep = ISOLATED_TOL, None
         else:  # our stage outputs stand in for inputs stored sampled
-            tol, keep = _map_tolerance(fs, name, key.split("/")[0])
+            tol, keep = _map_tolerance(fs, name, key.split("/")[0], request.getfixturevalue("computed")[0])
         c = fs.compare(name, nchw(map_), tol=tol, keep=keep)
         print(f"isolated {name} ({'reference' if reference_inputs else 'our'} inputs, map {fs.storage(name)}): "
               f"rel L2 {c.rel_l2:.2e} (tol {c.tol:.1e}) {c.detail}")

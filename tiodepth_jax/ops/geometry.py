@@ -7,17 +7,18 @@ Layouts are NHWC: images (B, H, W, C), 1-channel maps (B, H, W, 1), bin volumes 
 last. Camera matrices ``K``, ``inv_K``, ``T`` are (B, 4, 4) float32 as the dataset gives them (spec §12.7:
 ``T`` is used unchanged; only ``inv_K[:, :3, :3]`` is used). Everything is float32 and static-shaped.
 
-Floating point follows PyTorch where it is cheap: the pixel grid is float32 (x = column, y = row, row-major);
-the 3- and 4-term camera products are sequential elementwise float32 sums (no matmul, so no TF32 on GPUs;
-``K @ T`` is an einsum with HIGHEST precision); the per-bin depth is a float32 scalar (PyTorch casts a Python
-float multiplier to float32 before multiplying); then ``p_xy / (p_z + 1e-8)``, ``/ (W - 1)``, ``- 0.5``, ``* 2``
-in that order; ``grid_sample`` and the resizes are the torch-exact ``ops.warp`` / ``ops.resize`` versions.
-XLA's FMA contraction and reciprocal division move the grids by ~1 ulp (see :func:`_project_to_grid`).
+Floating point follows PyTorch: the pixel grid is float32 (x = column, y = row, row-major); the camera products
+(``inv_K @ pix``, ``K @ T``, ``P @ points``) and the divisions of the reprojection are evaluated in the order and
+with the rounding of PyTorch's CPU kernels, so the sampling grids (and the in-view mask on rows 0 and H-1, which
+rounding decides) are bit-identical to the original's for the same depth (see :func:`_project_to_grid`); the
+per-bin depth is a float32 scalar (PyTorch casts a Python float multiplier to float32 before multiplying);
+``grid_sample`` and the resizes are the torch-exact ``ops.warp`` / ``ops.resize`` versions.
 SelfOccluMask is an XLA conv with the original's 59 float32 filters: on CPU it reproduced PyTorch's conv bit
 for bit on the fixture disparities (eager and jitted), so the > 0.8 / < 0.8 thresholds downstream match.
 """
 
 import functools
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -70,40 +71,70 @@ def _pixel_coords(h, w):
 
 
 def _camera_rays(inv_K, h, w):
-    """``inv_K[:, :3, :3] @ [x, y, 1]``: (B, 3, h*w) rays at depth 1 (before scaling by depth).
-
-    Written as the sequential float32 sum ``(a_i0 * x + a_i1 * y) + a_i2`` (see :func:`_project_to_grid`).
-    """
-    pix = _pixel_coords(h, w)
-    a = inv_K[:, :3, :3].astype(jnp.float32)[..., None]  # (B, 3, 3, 1)
-    return (a[:, :, 0] * pix[0] + a[:, :, 1] * pix[1]) + a[:, :, 2]
+    """``inv_K[:, :3, :3] @ [x, y, 1]``: (B, 3, h*w) rays at depth 1 (before scaling by depth)."""
+    return _bmm(inv_K[:, :3, :3].astype(jnp.float32), _pixel_coords(h, w)[None])
 
 
 def _projection_matrix(K, T):
     """``(K @ T)[:, :3, :]``: (B, 3, 4)."""
-    return jnp.einsum("bij,bjk->bik", K.astype(jnp.float32), T.astype(jnp.float32), precision=HIGHEST)[:, :3, :]
+    return _bmm(K.astype(jnp.float32), T.astype(jnp.float32))[:, :3, :]
 
 
 def _project_to_grid(points, P, h, w):
     """Camera points (B, 3, h*w) -> normalised sampling grid (B, h, w, 2) of (x, y).
 
-    ``p = P @ [points; 1]``; ``(u, v) = p_xy / (p_z + 1e-8)``; ``g_x = (u / (w - 1) - 0.5) * 2``, same for y.
-    Each row of ``P @ [points; 1]`` is the sequential float32 sum ``((P_i0 X + P_i1 Y) + P_i2 Z) + P_i3``, and u
-    and v are divided by ``p_z + 1e-8`` separately (same-shape operands). Evaluated with exact float32 division
-    and without fused multiply-adds (a numpy emulation), this sequence reproduces the fixtures' ``edge_mask_s``
-    on every pixel, rows 0 and H-1 included. XLA does not quite evaluate it that way: under ``jit`` its CPU
-    compiler contracts ``a * b + c`` into FMAs, and it divides by a broadcast (here the constants ``w - 1``,
-    ``h - 1``) as a multiplication by the reciprocal. The grid then differs from PyTorch's by about one float32
-    ulp: interior masks are unaffected, but about 100-300 pixels on rows 0 and H-1 flip there, where the exact
-    y is 0 or H-1 (the fixtures README says to exclude those rows). Elementwise products never run in TF32.
+    ``p = P @ [points; 1]``; ``(u, v) = p_xy / (p_z + 1e-8)``; ``g = (u / (w - 1) - 0.5) * 2``, same for v with
+    ``h - 1``: PyTorch's operations in its order, each rounded where PyTorch's CPU kernels round (see
+    :func:`_bmm` and :func:`_divide`), so the grid is bit-identical to the original's for the same inputs. This
+    decides the in-view mask on image rows 0 and H-1, where the exact y is 0 or H-1 and the float32 one lands
+    an ulp inside or outside [-1, 1].
     """
     p = P[..., None]  # (B, 3, 4, 1)
     x, y, z = points[:, 0], points[:, 1], points[:, 2]  # (B, h*w) each
-    u, v, d = (((p[:, i, 0] * x + p[:, i, 1] * y) + p[:, i, 2] * z) + p[:, i, 3] for i in range(3))
+    u, v, d = (_sum_of_products([(p[:, i, 0], x), (p[:, i, 1], y), (p[:, i, 2], z), (p[:, i, 3], 1)])
+               for i in range(3))
     d = d + np.float32(1e-8)
-    gx = (u / d / np.float32(w - 1) - np.float32(0.5)) * np.float32(2)
-    gy = (v / d / np.float32(h - 1) - np.float32(0.5)) * np.float32(2)
+    gx = (_divide(u / d, np.float32(w - 1)) - np.float32(0.5)) * np.float32(2)
+    gy = (_divide(v / d, np.float32(h - 1)) - np.float32(0.5)) * np.float32(2)
     return jnp.stack([gx, gy], axis=-1).reshape(-1, h, w, 2)
+
+
+# PyTorch's float32 CPU arithmetic under XLA. The original's camera products are tiny ``torch.matmul``s, and its
+# normalisation divides twice. torch 2.13's CPU ``bmm`` rounds every product before adding it and sums over k in
+# ascending order (``baddbmm_cpu_kernel``'s ``acc += a * b`` loop for the 4x4 ``K @ T``, MKL's batched sgemm for
+# the (3, H*W) products: both matched the unfused sequential sum bit for bit, and no FMA order); its divisions
+# are IEEE divisions. Written as plain jnp, XLA's CPU compiler evaluates this otherwise: LLVM contracts a product
+# followed by a sum into one FMA, and the algebraic simplifier turns a division by a constant (or by a broadcast)
+# into a multiplication by the reciprocal and ``(a / b) / c`` into ``a / (b * c)``. Each moves the grid by about
+# an ulp, which flips the in-view mask on rows 0 and H-1.
+# ``_rounded`` (a select that only passes a NaN on) is an exact identity neither of them can look through;
+# tests/test_geometry.py checks the jitted grids bit for bit (on CPU; XLA's GPU compiler was not checked).
+
+
+def _rounded(x):
+    """``x`` unchanged (a NaN stays NaN), materialised as a rounded float32 value that XLA cannot fuse into
+    an FMA or rewrite algebraically."""
+    return jnp.where(jnp.isnan(x), np.float32(np.nan), x)
+
+
+def _bmm(a, x):
+    """``torch.matmul(a, x)`` for float32 a (B, I, K) and x (B or 1, K, N) -> (B, I, N), summed like PyTorch's CPU
+    kernels (:func:`_sum_of_products`)."""
+    return _sum_of_products([(a[:, :, k, None], x[:, k, None, :]) for k in range(a.shape[2])])
+
+
+def _sum_of_products(pairs):
+    """``sum_k a_k * b_k`` as PyTorch's CPU kernels compute it: ``((a_0 b_0 + a_1 b_1) + a_2 b_2) + ...``, each
+    product rounded to float32 before it is added."""
+    return functools.reduce(operator.add, [_rounded(a * b) for a, b in pairs])
+
+
+def _divide(a, b):
+    """``a / b`` with one IEEE division per element, for an ``a`` that may itself be a quotient and a constant
+    ``b``: the divisor is a select that is ``b`` wherever the quotient is not NaN anyway, so XLA sees neither a
+    constant divisor nor a quotient to reassociate (see :func:`_rounded`)."""
+    a = _rounded(a)
+    return a / jnp.where(jnp.isnan(a), a, b)
 
 
 def depth_to_grid(depth, inv_K, T, K):
