@@ -93,15 +93,22 @@ def test_clip_and_decay_reach_the_step():
     groups, frozen, epoch = cfg.optim.groups, cfg.model.frozen, 1
     name, group = groups[0]
     tx = optimizer(options)
-    state = init_state(model, groups, frozen, tx)
-    step = jax.jit(make_step(graphdef, vgg_graphdef, groups, active_groups(groups, epoch), MONO_TERMS, frozen, tx))
-    stepped = dict(nnx.to_flat_state(step(state, vgg_params, batch, lr_factors(groups, epoch))[0]["params"]))
+    step = make_step(graphdef, vgg_graphdef, groups, active_groups(groups, epoch), MONO_TERMS, frozen, tx)
+
+    @jax.jit
+    def step_and_gradients(state, vgg_params, batch, factors):
+        """The stepped parameters and the group-1 parameters and gradients at `state`: one program, as the step
+        computes the same forward and backward."""
+        params_g, params_rest = nnx.split_state(state["params"], group_filter(group, frozen), ...)
+        loss_fn = stage_loss(graphdef, nnx.merge(vgg_graphdef, vgg_params), MONO_TERMS, 0, name)
+        grads = jax.grad(loss_fn, has_aux=True)(params_g, params_rest, state["batch_stats"], batch, {})[0]
+        return step(state, vgg_params, batch, factors)[0]["params"], params_g, grads
+
+    stepped, params_g, grads = step_and_gradients(init_state(model, groups, frozen, tx), vgg_params, batch,
+                                                  lr_factors(groups, epoch))
+    stepped = dict(nnx.to_flat_state(stepped))
     # By hand: the group-1 gradients at the initial parameters, clipped to norm 0.01 as torch does, plus
     # 0.5 * param, then Adam's first step: m / (sqrt(v) + eps) with bias correction = g' / (|g'| + eps).
-    params_g, params_rest = nnx.split_state(init_state(model, groups, frozen, tx)["params"],
-                                            group_filter(group, frozen), ...)
-    loss_fn = stage_loss(graphdef, vgg, MONO_TERMS, 0, name)
-    grads = jax.jit(jax.grad(loss_fn, has_aux=True))(params_g, params_rest, state["batch_stats"], batch, {})[0]
     flat_g = {k: np.asarray(v, np.float64) for k, v in nnx.to_flat_state(grads)}
     flat_p = {k: np.asarray(v, np.float64) for k, v in nnx.to_flat_state(params_g)}
     norm = np.linalg.norm([np.linalg.norm(g) for g in flat_g.values()])

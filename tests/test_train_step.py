@@ -76,6 +76,30 @@ def setup(fs):
     return model, vgg, graphdef, inputs(fs, fs.train_size())
 
 
+@pytest.fixture(scope="module")
+def iteration(fs, setup) -> tuple[dict, dict, dict, dict]:
+    """(initial state, stage-1 gradients at it, state after the iteration, the iteration's metrics), computed
+    by one compiled program: the iteration's stage 1 is the same forward and backward, which a program of
+    its own would compile again."""
+    model, vgg, graphdef, batch = setup
+    state = init_state(model, GROUPS, FROZEN, TX)
+    name, group = GROUPS[0]
+    vgg_graphdef, vgg_params = nnx.split(vgg)
+    epoch = epoch_of(fs)
+    step = make_step(graphdef, vgg_graphdef, GROUPS, active_groups(GROUPS, epoch), TRAINING_LOSSES, FROZEN, TX)
+
+    @jax.jit
+    def gradients_and_step(state, vgg_params, batch, factors):
+        loss_fn = stage_loss(graphdef, nnx.merge(vgg_graphdef, vgg_params), TRAINING_LOSSES, 0, name)
+        params_g, params_rest = nnx.split_state(state["params"], group_filter(group, FROZEN), ...)
+        (_, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params_g, params_rest, state["batch_stats"],
+                                                                   batch, {})
+        return grads, *step(state, vgg_params, batch, factors)
+
+    grads, new_state, metrics = gradients_and_step(state, vgg_params, batch, lr_factors(GROUPS, epoch))
+    return state, grads, new_state, jax.device_get(metrics)
+
+
 def torch_named(model, state) -> dict:
     """{PyTorch key: array in PyTorch layout} for a flat parameter/statistics state."""
     name_of = make_torch_key(model.cfg)
@@ -106,14 +130,9 @@ def test_learning_rates(fs, setup):
         assert not bad, f"{g} learning rates (ours, fixture) at epoch {epoch}: {bad}"
 
 
-def test_stage1_gradients(fs, setup):
-    model, vgg, graphdef, batch = setup
-    state = init_state(model, GROUPS, FROZEN, TX)
-    name, group = GROUPS[0]
-    params_g, params_rest = nnx.split_state(state["params"], group_filter(group, FROZEN), ...)
-    loss_fn = stage_loss(graphdef, vgg, TRAINING_LOSSES, 0, name)
-    (_, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params_g, params_rest, state["batch_stats"],
-                                                                        batch, {})
+def test_stage1_gradients(fs, setup, iteration):
+    model = setup[0]
+    _, grads, _, _ = iteration
     ours = torch_named(model, grads)
     names = fs.names("step/grad1/")
     assert sorted(n[len("step/grad1/"):] for n in names) == sorted(ours), "group-1 parameter sets differ"
@@ -123,16 +142,10 @@ def test_stage1_gradients(fs, setup):
     assert all(c.ok for c in results), failures_table(results)
 
 
-def test_one_iteration(fs, setup):
-    model, vgg, graphdef, batch = setup
-    groups = GROUPS
-    state = init_state(model, groups, FROZEN, TX)
+def test_one_iteration(fs, setup, iteration):
+    model = setup[0]
+    state, _, new_state, metrics = iteration
     init = torch_named(model, state["params"])
-    vgg_graphdef, vgg_params = nnx.split(vgg)
-    epoch = epoch_of(fs)
-    step = make_step(graphdef, vgg_graphdef, groups, active_groups(groups, epoch), TRAINING_LOSSES, FROZEN, TX)
-    new_state, metrics = jax.jit(step)(state, vgg_params, batch, lr_factors(groups, epoch))
-    metrics = jax.device_get(metrics)
 
     # Loss values: group 1 at the initial weights, groups 2 and 3 after the earlier steps.
     for name in fs.names("step/loss/"):
