@@ -19,3 +19,17 @@ def compile_cache(tmp_path_factory) -> dict:
     return {"JAX_DEFAULT_PRNG_IMPL": "unsafe_rbg",
             "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+
+
+@pytest.fixture(scope="session")
+def mono_reference(tmp_path_factory, compile_cache) -> list[dict]:
+    """losses.jsonl of one uninterrupted run (6 steps) of the tiny Mono config of test_faults.py and
+    test_multihost.py, which compare their runs with it; it fills `compile_cache` with the programs of their
+    1-process runs."""
+    from tests.test_faults import losses, train
+    workdir = tmp_path_factory.mktemp("reference")
+    code, out = train(workdir, env=compile_cache)
+    assert code == 0, out[-3000:]
+    entries = losses(workdir)
+    assert [e["step"] for e in entries] == list(range(1, 7))
+    return entries

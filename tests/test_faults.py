@@ -3,7 +3,8 @@ held by another run, a truncated loss log, checkpoint saves the storage refuses.
 
 The training runs are the tiny config of test_train.py, 2 epochs of 3 steps of the Mono stage with only its
 photometric loss (one small step program, as test_multihost.py), with faults injected at chosen global steps by tests/scripts/train_faulty.py; they share JAX's persistent compilation cache. Validation and
-checkpoint settings do not change the training losses, so every run is compared with one uninterrupted run.
+checkpoint settings do not change the training losses, so every run is compared with one uninterrupted run
+(`mono_reference`, conftest.py).
 """
 
 from __future__ import annotations
@@ -56,24 +57,13 @@ def errors(out: str) -> list[str]:
     return [ln for ln in out.splitlines() if ln.startswith("error: ")]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, compile_cache) -> list[dict]:
-    """The loss sequence of the uninterrupted run (6 steps)."""
-    workdir = tmp_path_factory.mktemp("reference")
-    code, out = train(workdir, env=compile_cache)
-    assert code == 0, out[-3000:]
-    entries = losses(workdir)
-    assert [e["step"] for e in entries] == list(range(1, 7))
-    return entries
-
-
 def assert_finite_checkpoint(workdir: Path, step: int):
     from tiodepth_jax.checkpoint import load
     params = jax.tree.leaves(load(workdir, which=step).model)
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in params if jnp.issubdtype(p.dtype, jnp.floating)), step
 
 
-def test_a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoints(tmp_path, reference, compile_cache):
+def test_a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoints(tmp_path, mono_reference, compile_cache):
     """A NaN at step 5 (epoch 2) after a checkpoint every step, keep=1 plus the best: the run stops with one line
     naming the step, the terms and the last good checkpoint; the best (step 3, validated) and the newest finite
     (step 4) remain; --resume continues from step 4 to the uninterrupted run's losses."""
@@ -94,7 +84,7 @@ def test_a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoints(tmp_path,
 
     code, out = train(workdir, *scored, "--resume", env=compile_cache)
     assert code == 0 and "resumed from" in out and "step 4" in out, out[-3000:]
-    assert losses(workdir) == reference
+    assert losses(workdir) == mono_reference
 
 
 def test_skip_nonfinite_undoes_steps_and_stops_after_n_in_a_row(tmp_path, compile_cache):
@@ -134,7 +124,7 @@ def stopped_at(out: str, name: str) -> int:
     return int(match.group(1))
 
 
-def test_signals_save_and_resume_to_the_same_losses(tmp_path, reference, compile_cache):
+def test_signals_save_and_resume_to_the_same_losses(tmp_path, mono_reference, compile_cache):
     """SIGTERM at step 2 and SIGINT at the next step each finish the step, save, say so and exit 143 / 130; a
     double SIGTERM exits at once; SIGKILL loses only the unsaved steps; every --resume continues, and the
     loss sequence is bit-identical to the uninterrupted run's."""
@@ -160,11 +150,11 @@ def test_signals_save_and_resume_to_the_same_losses(tmp_path, reference, compile
 
     code, out = train(workdir, "--resume", env=compile_cache)
     assert code == 0 and "resumed from" in out, out[-3000:]
-    assert losses(workdir) == reference  # bitwise
+    assert losses(workdir) == mono_reference  # bitwise
 
     code, out = train(workdir, env=compile_cache)  # a finished run says so and changes nothing
     assert code == 0 and "already completed its 2 epochs" in out, out[-3000:]
-    assert losses(workdir) == reference
+    assert losses(workdir) == mono_reference
 
 
 def test_a_held_workdir_is_refused_naming_its_holder(tmp_path, compile_cache):

@@ -35,9 +35,11 @@ def run(args, **kw):
 def _one_step(tmp_path, meshes: list[str]) -> list[dict]:
     """tests/scripts/one_step.py on each mesh, in concurrent processes (XLA compiles on one core each).
 
-    Each program runs once, so LLVM does not optimise it (-O0: 40 % less compile time); the RBG generator
-    initialises the model as under pytest (conftest.py)."""
-    flags = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
+    Each program runs once, so it is compiled for compile time, not speed: LLVM does not optimise (-O0) and
+    XLA's older CPU emitters, faster to compile at -O0, generate it (half the compile time together); the RBG
+    generator initialises the model as under pytest (conftest.py)."""
+    flags = ("--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0 "
+             "--xla_cpu_use_fusion_emitters=false")
     procs = [run(["tests/scripts/one_step.py", "configs/demo.yaml", str(tmp_path / m), m, *TINY],
                  env={"XLA_FLAGS": flags, "JAX_DEFAULT_PRNG_IMPL": "unsafe_rbg"}) for m in meshes]
     results = []
