@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -63,13 +64,19 @@ def assert_finite_checkpoint(workdir: Path, step: int):
     assert all(bool(jnp.all(jnp.isfinite(p))) for p in params if jnp.issubdtype(p.dtype, jnp.floating)), step
 
 
-def test_a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoints(tmp_path, mono_reference, compile_cache):
+# ----- runs in a row ----------------------------------------------------------------------------------
+# Each scenario f(workdir, env, reference) below is training runs in a row, asserting as it goes. They run side
+# by side in two threads, the six runs of `signals_save_and_resume_to_the_same_losses` in one and the others'
+# in the other: a run is a process busy on one core (imports, tracing; its programs come from the cache that
+# `mono_reference` filled). The test named after a scenario waits for it and fails as it does.
+
+
+def a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoints(workdir: Path, env: dict, reference: list[dict]):
     """A NaN at step 5 (epoch 2) after a checkpoint every step, keep=1 plus the best: the run stops with one line
     naming the step, the terms and the last good checkpoint; the best (step 3, validated) and the newest finite
     (step 4) remain; --resume continues from step 4 to the uninterrupted run's losses."""
-    workdir = tmp_path / "run"
     scored = ["val.every_n_epochs=1", "val.modes=[Mono]", "checkpoint.every_n_steps=1", "checkpoint.keep=1", "checkpoint.keep_best=true"]
-    code, out = train(workdir, *scored, faults="5:nan", env=compile_cache)
+    code, out = train(workdir, *scored, faults="5:nan", env=env)
     assert code == 2, out[-3000:]
     [line] = errors(out)
     nonfinite = [k for k, v in losses(workdir)[4].items() if not np.isfinite(v)]  # step 5's, as logged
@@ -82,15 +89,14 @@ def test_a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoints(tmp_path,
     from tiodepth_jax.checkpoint import load
     assert load(workdir, which="best").source["step"] == 3  # the validated checkpoint
 
-    code, out = train(workdir, *scored, "--resume", env=compile_cache)
+    code, out = train(workdir, *scored, "--resume", env=env)
     assert code == 0 and "resumed from" in out and "step 4" in out, out[-3000:]
-    assert losses(workdir) == mono_reference
+    assert losses(workdir) == reference
 
 
-def test_skip_nonfinite_undoes_steps_and_stops_after_n_in_a_row(tmp_path, compile_cache):
-    workdir = tmp_path / "run"
+def skip_nonfinite_undoes_steps_and_stops_after_n_in_a_row(workdir: Path, env: dict, reference: list[dict]):
     code, out = train(workdir, "optim.skip_nonfinite=2", "checkpoint.every_n_steps=1",
-                      faults="2:nan,4:nan,5:nan", env=compile_cache)
+                      faults="2:nan,4:nan,5:nan", env=env)
     assert code == 2, out[-3000:]
     assert "step 2: non-finite" in out and "step undone (1 in a row, optim.skip_nonfinite=2)" in out
     [line] = errors(out)
@@ -99,6 +105,73 @@ def test_skip_nonfinite_undoes_steps_and_stops_after_n_in_a_row(tmp_path, compil
     assert skipped == [2, 4, 5] and np.isfinite(losses(workdir)[2]["loss"])
     assert steps(workdir)[-1] == 4  # step 4 was undone, so its state (that of step 3) is finite and saved
     assert_finite_checkpoint(workdir, 4)
+
+
+def stopped_at(out: str, name: str) -> int:
+    match = re.search(rf"stopped by {name} after step (\d+): checkpoint step \1 is in", out)
+    assert match, out[-3000:]
+    return int(match.group(1))
+
+
+def signals_save_and_resume_to_the_same_losses(workdir: Path, env: dict, reference: list[dict]):
+    """SIGTERM at step 2 and SIGINT at the next step each finish the step, save, say so and exit 143 / 130; a
+    double SIGTERM exits at once; SIGKILL loses only the unsaved steps; every --resume continues, and the
+    loss sequence is bit-identical to the uninterrupted run's."""
+    code, out = train(workdir, faults="2:SIGTERM", env=env)
+    assert code == 143, out[-3000:]
+    first = stopped_at(out, "SIGTERM")
+    assert first in (2, 3) and first in steps(workdir), (first, steps(workdir))
+    assert "Traceback" not in out
+
+    code, out = train(workdir, "--resume", faults=f"{first + 1}:SIGINT", env=env)
+    assert code == 130 and "KeyboardInterrupt" not in out, out[-3000:]
+    second = stopped_at(out, "SIGINT")
+    assert second in (first + 1, first + 2) and second in steps(workdir)
+
+    code, out = train(workdir, "--resume", faults=f"{second + 1}:SIGTERM+SIGTERM", env=env)
+    assert code == 143 and "SIGTERM again: exiting now" in out, out[-3000:]
+    assert "stopped by" not in out
+    assert max(steps(workdir)) == second
+
+    code, out = train(workdir, "--resume", faults=f"{second + 2}:SIGKILL", env=env)
+    assert code == -signal.SIGKILL, out[-3000:]
+
+    code, out = train(workdir, "--resume", env=env)
+    assert code == 0 and "resumed from" in out, out[-3000:]
+    assert losses(workdir) == reference  # bitwise
+
+    code, out = train(workdir, env=env)  # a finished run says so and changes nothing
+    assert code == 0 and "already completed its 2 epochs" in out, out[-3000:]
+    assert losses(workdir) == reference
+
+
+SCENARIOS = (signals_save_and_resume_to_the_same_losses,  # first: the others take the other thread meanwhile
+             a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoints,
+             skip_nonfinite_undoes_steps_and_stops_after_n_in_a_row)
+
+
+@pytest.fixture(scope="module")
+def scenarios(request, tmp_path_factory, mono_reference, compile_cache) -> dict:
+    """{scenario: its future}, for the scenarios whose tests are selected."""
+    selected = {item.name for item in request.session.items}
+    pool = ThreadPoolExecutor(2)
+    try:
+        yield {f: pool.submit(f, tmp_path_factory.mktemp(f.__name__) / "run", compile_cache, mono_reference)
+               for f in SCENARIOS if f"test_{f.__name__}" in selected}
+    finally:
+        pool.shutdown(cancel_futures=True)  # those not started when a test run stops early (-x, Ctrl-C)
+
+
+def test_a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoints(scenarios):
+    scenarios[a_nonfinite_loss_stops_the_run_and_keeps_the_good_checkpoints].result()
+
+
+def test_skip_nonfinite_undoes_steps_and_stops_after_n_in_a_row(scenarios):
+    scenarios[skip_nonfinite_undoes_steps_and_stops_after_n_in_a_row].result()
+
+
+def test_signals_save_and_resume_to_the_same_losses(scenarios):
+    scenarios[signals_save_and_resume_to_the_same_losses].result()
 
 
 def test_guard_nonfinite_returns_the_given_state():
@@ -116,45 +189,6 @@ def test_guard_nonfinite_returns_the_given_state():
         new, metrics = guarded(state, None, {"x": jnp.float32(np.inf) * 0}, {}, jnp.bool_(undo))
         assert not bool(metrics["finite"])
         assert bool(jnp.all(new["params"] == 1)) == undo and float(new["batch_stats"][0]) == (0 if undo else 1)
-
-
-def stopped_at(out: str, name: str) -> int:
-    match = re.search(rf"stopped by {name} after step (\d+): checkpoint step \1 is in", out)
-    assert match, out[-3000:]
-    return int(match.group(1))
-
-
-def test_signals_save_and_resume_to_the_same_losses(tmp_path, mono_reference, compile_cache):
-    """SIGTERM at step 2 and SIGINT at the next step each finish the step, save, say so and exit 143 / 130; a
-    double SIGTERM exits at once; SIGKILL loses only the unsaved steps; every --resume continues, and the
-    loss sequence is bit-identical to the uninterrupted run's."""
-    workdir = tmp_path / "run"
-    code, out = train(workdir, faults="2:SIGTERM", env=compile_cache)
-    assert code == 143, out[-3000:]
-    first = stopped_at(out, "SIGTERM")
-    assert first in (2, 3) and first in steps(workdir), (first, steps(workdir))
-    assert "Traceback" not in out
-
-    code, out = train(workdir, "--resume", faults=f"{first + 1}:SIGINT", env=compile_cache)
-    assert code == 130 and "KeyboardInterrupt" not in out, out[-3000:]
-    second = stopped_at(out, "SIGINT")
-    assert second in (first + 1, first + 2) and second in steps(workdir)
-
-    code, out = train(workdir, "--resume", faults=f"{second + 1}:SIGTERM+SIGTERM", env=compile_cache)
-    assert code == 143 and "SIGTERM again: exiting now" in out, out[-3000:]
-    assert "stopped by" not in out
-    assert max(steps(workdir)) == second
-
-    code, out = train(workdir, "--resume", faults=f"{second + 2}:SIGKILL", env=compile_cache)
-    assert code == -signal.SIGKILL, out[-3000:]
-
-    code, out = train(workdir, "--resume", env=compile_cache)
-    assert code == 0 and "resumed from" in out, out[-3000:]
-    assert losses(workdir) == mono_reference  # bitwise
-
-    code, out = train(workdir, env=compile_cache)  # a finished run says so and changes nothing
-    assert code == 0 and "already completed its 2 epochs" in out, out[-3000:]
-    assert losses(workdir) == mono_reference
 
 
 def test_a_held_workdir_is_refused_naming_its_holder(tmp_path, compile_cache):
