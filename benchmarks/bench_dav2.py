@@ -32,10 +32,7 @@ def bench(variant: str, dtype_name: str, *, size: tuple[int, int], batch: int, i
     cfg = DepthAnythingV2Config.preset(variant, depth=depth, taps=harness.reduced_taps(variant, depth))
     predictor = DepthPredictor(DepthAnythingV2(cfg, dtype=DTYPES[dtype_name], rngs=nnx.Rngs(0)))
     x = jax.random.normal(jax.random.key(0), (batch, *size, 3), jnp.float32)
-    _, compile_s = harness.aot_compile(predictor, x)
-    times = harness.time_calls(lambda: predictor(x), iters=iters, warmup=warmup)
-    if predictor.num_traces != 1:
-        raise RuntimeError(f"the timed calls retraced the forward ({predictor.num_traces} traces)")
+    compile_s, times = harness.time_forward(predictor, x, iters=iters, warmup=warmup)
     return harness.jax_record("dav2_forward", times, compile_s=compile_s, variant=variant, depth=depth, batch=batch,
                               size=size, dtype=dtype_name)
 

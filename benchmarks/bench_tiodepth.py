@@ -38,10 +38,7 @@ def bench(model: TiODepth, mode: str, dtype_name: str, *, size: tuple[int, int],
     predictor = TiODepthPredictor(model, mode=mode)
     keys = jax.random.split(jax.random.key(0), predictor.views)
     views = [jax.random.uniform(k, (batch, *size, 3)) for k in keys]
-    _, compile_s = harness.aot_compile(predictor, *views)
-    times = harness.time_calls(lambda: predictor(*views), iters=iters, warmup=warmup)
-    if predictor.num_traces != 1:
-        raise RuntimeError(f"the timed calls retraced the forward ({predictor.num_traces} traces)")
+    compile_s, times = harness.time_forward(predictor, *views, iters=iters, warmup=warmup)
     return harness.jax_record(f"tio_{mode.lower()}_forward", times, compile_s=compile_s,
                               variant=model.cfg.variant, depth=model.cfg.encoder_depth, batch=batch, size=size,
                               dtype=dtype_name)

@@ -50,6 +50,16 @@ def time_calls(call: Callable[[], object], *, iters: int, warmup: int) -> list[f
     return times
 
 
+def time_forward(predictor, *inputs, iters: int, warmup: int) -> tuple[float, list[float]]:
+    """Compile a predictor's jitted forward (`tiodepth_jax.inference.Jitted`) for `inputs` ahead of time and
+    time its calls: (compile seconds, call seconds). A retrace during the calls is an error."""
+    _, compile_s = aot_compile(predictor, *inputs)
+    times = time_calls(lambda: predictor(*inputs), iters=iters, warmup=warmup)
+    if predictor.num_traces != 1:
+        raise RuntimeError(f"the timed calls retraced the forward ({predictor.num_traces} traces)")
+    return compile_s, times
+
+
 def peak_memory_bytes() -> int | None:
     """This process's peak memory on the first device, where the device reports it (GPUs, not CPUs)."""
     return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
