@@ -4,20 +4,22 @@
     python -m benchmarks.bench_train --batch 8 --dtype bfloat16 --iters 5
 
 Random weights (encoder, decoder, VGG19) and a generated stereo batch at the crop size; the frozen
-encoder and the three per-group Adam states of the seed config. Prints the compile time (AOT), the
-median seconds per iteration, images/s and, on GPUs, the peak device memory.
+encoder and the three per-group Adam states of the seed config. Prints, per epoch (the workload
+`train_epoch<N>`), the compile time (AOT), the median and mean seconds per iteration over `--iters` timed
+iterations after `--warmup` untimed ones, images/s (stereo pairs: batch / median) and, on GPUs, the
+process's peak device memory; `--json FILE` appends the records (benchmarks/report.py). `--depth N` keeps
+only N DINOv2 blocks (smoke runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from benchmarks import harness
 from tiodepth_jax.config import OptimConfig
 from tiodepth_jax.data.synthetic import SceneConfig, make_batch
 from tiodepth_jax.losses import TRAINING_LOSSES
@@ -35,10 +37,13 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--epochs", type=int, nargs="+", default=(1, 21, 31))
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--remat", action="store_true")
+    harness.add_arguments(ap)
     args = ap.parse_args(argv)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    cfg = TiODepthConfig(variant=args.variant, image_size=tuple(args.size))
+    cfg = TiODepthConfig(variant=args.variant, image_size=tuple(args.size), encoder_depth=args.depth,
+                         encoder_taps=harness.reduced_taps(args.variant, args.depth))
     optim = OptimConfig()
     groups, tx = optim.groups, optimizer(optim)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); random weights; "
@@ -60,20 +65,19 @@ def main(argv=None):
         step = jax.jit(make_step(graphdef, vgg_graphdef, groups, active, TRAINING_LOSSES, cfg.frozen, tx),
                        donate_argnums=(0,))
         factors = lr_factors(groups, epoch)
-        t0 = time.perf_counter()
-        compiled = step.lower(state, vgg_params, batch, factors).compile()
-        compile_s = time.perf_counter() - t0
-        times = []
-        for _ in range(args.iters + 1):  # the first call is a warm-up
-            t0 = time.perf_counter()
+        compiled, compile_s = harness.aot_compile(step, state, vgg_params, batch, factors)
+        metrics = None
+
+        def call():  # one iteration; the state it donates is replaced by the one it returns
+            nonlocal state, metrics
             state, metrics = compiled(state, vgg_params, batch, factors)
-            jax.block_until_ready((state, metrics))
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times[1:])
-        mem = jax.devices()[0].memory_stats() or {}
-        peak = f", peak {mem['peak_bytes_in_use'] / 2**30:.2f} GiB" if "peak_bytes_in_use" in mem else ""
-        print(f"epoch {epoch:2d} groups {'+'.join(g[-1] for g in active):5s}: compile {compile_s:6.1f} s, "
-              f"{med:7.3f} s/iter, {args.batch / med:7.2f} images/s{peak} (loss {float(metrics['loss']):.4f})")
+            return state, metrics
+
+        times = harness.time_calls(call, iters=args.iters, warmup=args.warmup)
+        rec = harness.jax_record(f"train_epoch{epoch}", times, compile_s=compile_s, variant=args.variant,
+                                 depth=args.depth, batch=args.batch, size=args.size, dtype=args.dtype)
+        groups_used = "+".join(g[-1] for g in active)
+        harness.emit(rec, args.json, f" (groups {groups_used}, loss {float(metrics['loss']):.4f})")
 
 
 if __name__ == "__main__":
