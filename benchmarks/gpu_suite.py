@@ -36,9 +36,8 @@ longer fit are not started but recorded as such (`--only` runs them next). The e
 run finished.
 
 `--smoke` runs the workloads at tiny sizes (1-block DINOv2-S, 28x28 / 28x56 inputs, batch 2, one timed
-call; training at epochs 1 and 31 only) without a budget, its XLA programs compiled without optimisation: a check
-of the suite itself on a CPU
-(tests/test_benchmarks.py), whose numbers measure nothing.
+call; training at epochs 1 and 31 only) without a budget, its XLA programs compiled without optimisation: a
+check of the suite itself on a CPU (tests/test_benchmarks.py), whose numbers measure nothing.
 """
 
 from __future__ import annotations
