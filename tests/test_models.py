@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
-from tiodepth_jax.models.dinov2 import DinoV2, DinoV2Config
+from tiodepth_jax.models.dinov2 import DinoV2, DinoV2Config, attend, attention_implementation
 from tiodepth_jax.models.dpt import DPTConfig
 
 
@@ -66,6 +66,41 @@ def test_swiglu_width_and_forward():
     model = DepthAnythingV2(tiny_config(ffn="swiglu"), rngs=nnx.Rngs(0))
     assert model.pretrained.blocks.mlp.w12.kernel.shape == (3, 48, 2 * 128)  # 4*48*2/3 = 128
     assert np.isfinite(np.asarray(model(image()))).all()
+
+
+def explicit_attention(q, k, v):
+    """DINOv2's own attention (q scaled first, float32 softmax): (B, T, heads, hd) x3 -> (B, T, heads, hd)."""
+    p = jax.lax.Precision.HIGHEST
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * q.shape[-1] ** -0.5, k, precision=p)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v, precision=p)
+
+
+def qkv(shape, dtype=jnp.float32):
+    rng = np.random.default_rng(0)
+    return [jnp.asarray(rng.normal(size=shape), jnp.float32).astype(dtype) for _ in range(3)]
+
+
+def test_attention_is_the_explicit_softmax():
+    # head dim 16: the scale 1/4 is exact whether applied to q (PyTorch) or to the logits (dot_product_attention)
+    q, k, v = qkv((2, 29, 3, 16))  # an odd token count, as 1 + h*w often is
+    np.testing.assert_allclose(attend(q, k, v), explicit_attention(q, k, v), rtol=1e-6, atol=1e-7)
+
+
+def test_attention_softmax_runs_in_float32_under_bfloat16():
+    q, k, v = qkv((1, 15, 2, 16), jnp.bfloat16)
+    out = attend(q, k, v)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), explicit_attention(*qkv((1, 15, 2, 16))), atol=0.05)
+    exps = [e for e in jax.make_jaxpr(attend)(q, k, v).jaxpr.eqns if e.primitive.name == "exp"]
+    assert exps and all(e.outvars[0].aval.dtype == jnp.float32 for e in exps)
+
+
+def test_attention_implementation_per_backend():
+    assert attention_implementation("gpu", jnp.bfloat16) == "cudnn"
+    assert attention_implementation("gpu", jnp.float32) is None   # cuDNN's fused attention takes no float32
+    assert attention_implementation("cpu", jnp.bfloat16) is None
+    assert attention_implementation("tpu", jnp.bfloat16) is None
 
 
 def test_remat_matches_and_differentiates():

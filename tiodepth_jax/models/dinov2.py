@@ -66,24 +66,43 @@ class PatchEmbed(nnx.Module):
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
+def attention_implementation(backend: str, dtype) -> str | None:
+    """The `implementation` of `jax.nn.dot_product_attention` for `backend` and the compute `dtype`.
+
+    'cudnn' (fused flash attention) on GPUs in bfloat16 / float16; None (the XLA path: logits, float32
+    softmax, probs @ v) elsewhere: cuDNN's fused attention takes no float32 inputs, and None never picks
+    cuDNN by itself (JAX 0.10 always takes the XLA path for None).
+    """
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if backend == "gpu" and half else None
+
+
+def attend(q, k, v):
+    """softmax(q k^T / sqrt(hd)) v per head, the softmax in float32: (B, T, heads, hd) x3 -> (B, T, heads, hd).
+
+    In float32 both matmuls run at `Precision.HIGHEST` (see `matmul_precision`); in bfloat16 the XLA path
+    forms the logits in float32 and casts the probabilities back to bfloat16 for probs @ v. The scale
+    multiplies the logits where PyTorch scales q: the same numbers when hd is a power of 4 (64 in every preset).
+    """
+    implementation = attention_implementation(jax.default_backend(), q.dtype)
+    with jax.default_matmul_precision(matmul_precision(q.dtype).name.lower()):
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with scale head_dim^-0.5 and softmax in float32."""
 
     def __init__(self, cfg: DinoV2Config, *, dtype, rngs: nnx.Rngs):
         d = cfg.embed_dim
         self.num_heads = cfg.num_heads
-        self.precision = matmul_precision(dtype)
-        self.qkv = nnx.Linear(d, 3 * d, dtype=dtype, precision=self.precision, rngs=rngs)
-        self.proj = nnx.Linear(d, d, dtype=dtype, precision=self.precision, rngs=rngs)
+        precision = matmul_precision(dtype)
+        self.qkv = nnx.Linear(d, 3 * d, dtype=dtype, precision=precision, rngs=rngs)
+        self.proj = nnx.Linear(d, d, dtype=dtype, precision=precision, rngs=rngs)
 
     def __call__(self, x):
         b, n, d = x.shape
-        hd = d // self.num_heads
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, hd)
-        q, k, v = qkv[:, :, 0] * hd**-0.5, qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, hd)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=self.precision)
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, precision=self.precision)
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        out = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])  # (B, N, heads, hd)
         return self.proj(out.reshape(b, n, d))
 
 
