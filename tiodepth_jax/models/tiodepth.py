@@ -102,8 +102,8 @@ class TiODepthConfig:
 
 
 def volume_outputs(logits, bins, d2d: float, name: str, side: str) -> dict:
-    """Softmax over the bins, expected disparity and depth = d2d / disparity (no clamp)."""
-    p = jax.nn.softmax(logits, axis=-1)
+    """Softmax over the bins (in float32), expected disparity and depth = d2d / disparity (no clamp)."""
+    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     disp = jnp.sum(p * bins, axis=-1, keepdims=True)
     return {
         f"{name}_dvolume_0_{side}": logits,
@@ -160,7 +160,7 @@ class TiODepth(nnx.Module):
                                                         image_hw, train=train)
         bins = self.bins
         for k, cost in costs.items():
-            p = jax.nn.softmax(cost, axis=-1)
+            p = jax.nn.softmax(cost.astype(jnp.float32), axis=-1)
             out[f"cost_{k}"] = p
             out[f"cost_disp_{k}"] = jnp.sum(p * bins, axis=-1, keepdims=True)
         for side, logits in (("s", logits_s), ("o", logits_o)):
