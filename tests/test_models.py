@@ -103,11 +103,12 @@ def test_attention_implementation_per_backend():
     assert attention_implementation("tpu", jnp.bfloat16) is None
 
 
-def test_remat_matches_and_differentiates():
+@pytest.mark.parametrize("policy", [True, "dots_with_no_batch_dims_saveable"])
+def test_remat_matches_and_differentiates(policy):
     cfg = DinoV2Config(embed_dim=32, depth=2, num_heads=2)
     x = image(28, 28, 1)
     plain = DinoV2(cfg, rngs=nnx.Rngs(0))
-    remat = DinoV2(cfg, remat=True, rngs=nnx.Rngs(0))
+    remat = DinoV2(cfg, remat=policy, rngs=nnx.Rngs(0))
 
     def loss(trunk):
         return sum(jnp.mean(t**2) + jnp.mean(c) for t, c in trunk(x, (0, 1)))
@@ -150,6 +151,8 @@ def test_bad_inputs_and_configs():
         DinoV2Config(embed_dim=50, depth=1, num_heads=4)
     with pytest.raises(ValueError, match="ffn"):
         DinoV2Config(embed_dim=48, depth=1, num_heads=4, ffn="gelu")
+    with pytest.raises(ValueError, match="remat must be a bool or one of nothing_saveable"):
+        DinoV2(DinoV2Config(embed_dim=32, depth=1, num_heads=2), remat="everything_saveable", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="unknown Depth-Anything-V2 variant 'vitx'"):
         DepthAnythingV2Config.preset("vitx")
     cfg = DepthAnythingV2Config.preset("vitl", depth=4, taps=(0, 1, 2, 3))

@@ -9,6 +9,7 @@ renaming plus layout changes. The blocks are stacked along a leading layer axis 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 import jax
@@ -17,6 +18,23 @@ import numpy as np
 from flax import nnx
 
 from tiodepth_jax.ops.resize import interpolate_bicubic
+
+
+# What each block keeps for the backward pass when rematerialised, as a `jax.checkpoint_policies` name:
+# nothing_saveable keeps only the block's input (and recomputes the whole block), dots_with_no_batch_dims_saveable
+# also keeps the outputs of its Linear layers (and recomputes LayerNorm, GELU and attention).
+RematPolicy = Literal["nothing_saveable", "dots_with_no_batch_dims_saveable"]
+Remat = bool | RematPolicy  # False: store every activation; True: nothing_saveable
+
+
+def remat_policy(remat: Remat):
+    """The `jax.checkpoint` policy of a rematerialised block, or None when `remat` is False."""
+    if remat is False:
+        return None
+    name = "nothing_saveable" if remat is True else remat
+    if name not in typing.get_args(RematPolicy):
+        raise ValueError(f"remat must be a bool or one of {', '.join(typing.get_args(RematPolicy))}; got {remat!r}")
+    return getattr(jax.checkpoint_policies, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,14 +201,14 @@ class DinoV2(nnx.Module):
     Args:
       cfg: the trunk's shape.
       dtype: compute dtype of the matmuls and convolutions (parameters stay float32).
-      remat: rematerialise each block in the backward pass.
+      remat: rematerialise each block in the backward pass, keeping what the policy names (`Remat`).
     """
 
-    def __init__(self, cfg: DinoV2Config, *, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+    def __init__(self, cfg: DinoV2Config, *, dtype=jnp.float32, remat: Remat = False, rngs: nnx.Rngs):
         d = cfg.embed_dim
         self.cfg = cfg
         self.dtype = dtype
-        self.remat = remat
+        self.remat_policy = remat_policy(remat)
         self.patch_embed = PatchEmbed(cfg, dtype=dtype, rngs=rngs)
         self.cls_token = nnx.Param(jnp.zeros((1, 1, d), jnp.float32))
         self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1 + cfg.pos_grid**2, d)))
@@ -232,8 +250,8 @@ class DinoV2(nnx.Module):
         def block_call(block, h):
             return block(h)
 
-        if self.remat:
-            block_call = nnx.remat(block_call)
+        if self.remat_policy is not None:
+            block_call = nnx.remat(block_call, policy=self.remat_policy)
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
         def run(carry, block, slot):

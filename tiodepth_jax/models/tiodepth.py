@@ -22,6 +22,7 @@ from flax import nnx
 from tiodepth_jax import schema
 from tiodepth_jax.models.decoder import DECODER_NAME, DecoderConfig, DPDecoder, parse_decoder_name
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2Config
+from tiodepth_jax.models.dinov2 import Remat
 from tiodepth_jax.models.encoder import TiOEncoder
 from tiodepth_jax.ops.geometry import disparity_bins, disparity_bins_float64
 
@@ -115,7 +116,7 @@ def volume_outputs(logits, bins, d2d: float, name: str, side: str) -> dict:
 
 
 class TiODepth(nnx.Module):
-    def __init__(self, cfg: TiODepthConfig, *, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+    def __init__(self, cfg: TiODepthConfig, *, dtype=jnp.float32, remat: Remat = False, rngs: nnx.Rngs):
         self.cfg = cfg
         self.encoder = TiOEncoder(cfg.encoder_config(), normalisation=cfg.normalisation, dtype=dtype,
                                   remat=remat, rngs=rngs)
