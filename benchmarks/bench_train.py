@@ -2,10 +2,12 @@
 
     python -m benchmarks.bench_train                          # DINOv2-B, 252x840, batch 1, float32
     python -m benchmarks.bench_train --batch 8 --dtype bfloat16 --iters 5
+    python -m benchmarks.bench_train --train-encoder --remat dots_with_no_batch_dims_saveable
 
 Random weights (encoder, decoder, VGG19) and a generated stereo batch at the crop size; the frozen
-encoder and the three per-group Adam states of the seed config. Prints the compile time (AOT), the
-median seconds per iteration, images/s and, on GPUs, the peak device memory.
+encoder (or, with --train-encoder, a trained one: only then does --remat change anything) and the three
+per-group Adam states of the seed config. Prints the compile time (AOT), the compiled program's temporary
+memory, the median seconds per iteration, images/s and, on GPUs, the peak device memory.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +24,7 @@ from flax import nnx
 from tiodepth_jax.config import OptimConfig
 from tiodepth_jax.data.synthetic import SceneConfig, make_batch
 from tiodepth_jax.losses import TRAINING_LOSSES
+from tiodepth_jax.models.dinov2 import RematPolicy
 from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
 from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
 from tiodepth_jax.train.optim import active_groups, lr_factors, optimizer
@@ -35,14 +39,18 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ap.add_argument("--epochs", type=int, nargs="+", default=(1, 21, 31))
     ap.add_argument("--iters", type=int, default=3)
-    ap.add_argument("--remat", action="store_true")
+    ap.add_argument("--remat", nargs="?", const="nothing_saveable", default=False,
+                    choices=typing.get_args(RematPolicy), help="rematerialise the DINOv2 blocks with this policy")
+    ap.add_argument("--train-encoder", action="store_true", help="train the encoder (model.frozen: [])")
     args = ap.parse_args(argv)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    cfg = TiODepthConfig(variant=args.variant, image_size=tuple(args.size))
+    cfg = TiODepthConfig(variant=args.variant, image_size=tuple(args.size),
+                         frozen=() if args.train_encoder else TiODepthConfig.frozen)
     optim = OptimConfig()
     groups, tx = optim.groups, optimizer(optim)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); random weights; "
-          f"{args.variant} {args.size[0]}x{args.size[1]} batch {args.batch} {args.dtype}")
+          f"{args.variant} {args.size[0]}x{args.size[1]} batch {args.batch} {args.dtype}, encoder "
+          f"{'trained' if args.train_encoder else 'frozen'}, remat {args.remat}")
 
     def create():
         model = TiODepth(cfg, dtype=dtype, remat=args.remat, rngs=nnx.Rngs(0))
@@ -63,6 +71,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         compiled = step.lower(state, vgg_params, batch, factors).compile()
         compile_s = time.perf_counter() - t0
+        temp = compiled.memory_analysis().temp_size_in_bytes / 2**30
         times = []
         for _ in range(args.iters + 1):  # the first call is a warm-up
             t0 = time.perf_counter()
@@ -73,6 +82,7 @@ def main(argv=None):
         mem = jax.devices()[0].memory_stats() or {}
         peak = f", peak {mem['peak_bytes_in_use'] / 2**30:.2f} GiB" if "peak_bytes_in_use" in mem else ""
         print(f"epoch {epoch:2d} groups {'+'.join(g[-1] for g in active):5s}: compile {compile_s:6.1f} s, "
+              f"temp {temp:.2f} GiB, "
               f"{med:7.3f} s/iter, {args.batch / med:7.2f} images/s{peak} (loss {float(metrics['loss']):.4f})")
 
 
