@@ -144,7 +144,8 @@ def test_wrong_types(tmp_path):
         load_config(minimal(tmp_path, "epochs: 2.5\n"))
     with raises("seed: expected an int, got True"):
         load_config(minimal(tmp_path, "seed: true\n"))
-    with raises("remat: expected a bool, got 'maybe'"):
+    with raises("remat: expected a bool or one of 'nothing_saveable', 'dots_with_no_batch_dims_saveable', "
+                "got 'maybe'"):
         load_config(minimal(tmp_path, "remat: maybe\n"))
     with raises("dtype: expected one of 'float32', 'bfloat16', got 'float16'"):
         load_config(minimal(tmp_path, "dtype: float16\n"))
@@ -195,7 +196,8 @@ def test_missing_required_keys(tmp_path):
 def test_strict_types_and_lenient_floats(tmp_path):
     with raises("mesh.data: expected an int, got False"):  # a bool is not an int ...
         load_config(minimal(tmp_path, "mesh: {data: false}\n"))
-    with raises("remat: expected a bool, got 1"):  # ... nor an int a bool
+    with raises("remat: expected a bool or one of 'nothing_saveable', 'dots_with_no_batch_dims_saveable', "
+                "got 1"):  # ... nor an int a bool
         load_config(minimal(tmp_path, "remat: 1\n"))
     with raises("epochs: expected an int, got '3'"):
         load_config(minimal(tmp_path, "epochs: '3'\n"))

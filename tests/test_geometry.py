@@ -255,6 +255,20 @@ def test_discrete_synthesis_gradients_and_custom_vjp():
     assert max(errs) < 1e-5
 
 
+def test_discrete_synthesis_bfloat16_logits():
+    """Under bfloat16 compute the logits are bfloat16 and the image float32: the warp and the softmax still run in
+    float32, so the gradients are the float32 ones at those logits (the logits' rounded to bfloat16)."""
+    logits, img, depths, inv_K, T, K, cot = _random_synthesis_inputs()
+    grad = jax.jit(jax.grad(lambda lg, im: jnp.sum(G.discrete_synthesis(lg, im, depths, inv_K, T, K) * cot),
+                            argnums=(0, 1)))
+    bf16 = jnp.asarray(logits, jnp.bfloat16)
+    g_logits, g_img = grad(bf16, img)
+    r_logits, r_img = grad(bf16.astype(jnp.float32), img)
+    assert g_logits.dtype == jnp.bfloat16 and g_img.dtype == jnp.float32
+    assert rel_l2(np.asarray(g_logits, np.float64), np.asarray(r_logits, np.float64)) < 4e-3  # bfloat16 rounding
+    np.testing.assert_array_equal(g_img, r_img)
+
+
 def test_discrete_synthesis_matches_torch_depth_transformer():
     """The original DepthTransformer loop (get_warped_volume/get_warped_frame), softmax and sum, in PyTorch."""
     torch = pytest.importorskip("torch")

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
-from tiodepth_jax.models.dinov2 import DinoV2, DinoV2Config
+from tiodepth_jax.models.dinov2 import DinoV2, DinoV2Config, attend, attention_implementation
 from tiodepth_jax.models.dpt import DPTConfig
 
 
@@ -68,11 +68,47 @@ def test_swiglu_width_and_forward():
     assert np.isfinite(np.asarray(model(image()))).all()
 
 
-def test_remat_matches_and_differentiates():
+def explicit_attention(q, k, v):
+    """DINOv2's own attention (q scaled first, float32 softmax): (B, T, heads, hd) x3 -> (B, T, heads, hd)."""
+    p = jax.lax.Precision.HIGHEST
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * q.shape[-1] ** -0.5, k, precision=p)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v, precision=p)
+
+
+def qkv(shape, dtype=jnp.float32):
+    rng = np.random.default_rng(0)
+    return [jnp.asarray(rng.normal(size=shape), jnp.float32).astype(dtype) for _ in range(3)]
+
+
+def test_attention_is_the_explicit_softmax():
+    # head dim 16: the scale 1/4 is exact whether applied to q (PyTorch) or to the logits (dot_product_attention)
+    q, k, v = qkv((2, 29, 3, 16))  # an odd token count, as 1 + h*w often is
+    np.testing.assert_allclose(attend(q, k, v), explicit_attention(q, k, v), rtol=1e-6, atol=1e-7)
+
+
+def test_attention_softmax_runs_in_float32_under_bfloat16():
+    q, k, v = qkv((1, 15, 2, 16), jnp.bfloat16)
+    out = attend(q, k, v)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), explicit_attention(*qkv((1, 15, 2, 16))), atol=0.05)
+    exps = [e for e in jax.make_jaxpr(attend)(q, k, v).jaxpr.eqns if e.primitive.name == "exp"]
+    assert exps and all(e.outvars[0].aval.dtype == jnp.float32 for e in exps)
+
+
+def test_attention_implementation_per_backend():
+    assert attention_implementation("gpu", jnp.bfloat16) == "cudnn"
+    assert attention_implementation("gpu", jnp.float32) is None   # cuDNN's fused attention takes no float32
+    assert attention_implementation("cpu", jnp.bfloat16) is None
+    assert attention_implementation("tpu", jnp.bfloat16) is None
+
+
+@pytest.mark.parametrize("policy", [True, "dots_with_no_batch_dims_saveable"])
+def test_remat_matches_and_differentiates(policy):
     cfg = DinoV2Config(embed_dim=32, depth=2, num_heads=2)
     x = image(28, 28, 1)
     plain = DinoV2(cfg, rngs=nnx.Rngs(0))
-    remat = DinoV2(cfg, remat=True, rngs=nnx.Rngs(0))
+    remat = DinoV2(cfg, remat=policy, rngs=nnx.Rngs(0))
 
     def loss(trunk):
         return sum(jnp.mean(t**2) + jnp.mean(c) for t, c in trunk(x, (0, 1)))
@@ -115,6 +151,8 @@ def test_bad_inputs_and_configs():
         DinoV2Config(embed_dim=50, depth=1, num_heads=4)
     with pytest.raises(ValueError, match="ffn"):
         DinoV2Config(embed_dim=48, depth=1, num_heads=4, ffn="gelu")
+    with pytest.raises(ValueError, match="remat must be a bool or one of nothing_saveable"):
+        DinoV2(DinoV2Config(embed_dim=32, depth=1, num_heads=2), remat="everything_saveable", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="unknown Depth-Anything-V2 variant 'vitx'"):
         DepthAnythingV2Config.preset("vitx")
     cfg = DepthAnythingV2Config.preset("vitl", depth=4, taps=(0, 1, 2, 3))

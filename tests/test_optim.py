@@ -123,3 +123,37 @@ def test_clip_and_decay_reach_the_step():
         plain = p - lr * flat_g[k] / (np.abs(flat_g[k]) + 1e-8)
         changed += int(np.max(np.abs(want - plain)) > lr * 1e-2)
     assert changed > len(flat_p) // 2  # and differs from the plain Adam step
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_adam_moments():
+    """dtype: bfloat16 runs the network in bfloat16 while the parameters, the BatchNorm statistics and every
+    group's Adam moments stay float32, before and after a step of all three groups (dtypes come from tracing,
+    so `jax.eval_shape` of the step shows them without compiling it)."""
+    cfg = load_config(DEMO, ["workdir=unused", "dtype=bfloat16", "model.encoder_depth=1",
+                             "model.encoder_taps=[0,0,0,0]", "model.decoder_channels=[16,16,16,16]",
+                             "model.image_size=[28,56]", "data.image_size=[28,56]", "data.crop_size=[28,56]"])
+    groups, frozen, tx = cfg.optim.groups, cfg.model.frozen, optimizer(cfg.optim)
+    build = lambda: TiODepth(cfg.model, dtype=cfg.compute_dtype, rngs=nnx.Rngs(0))  # noqa: E731
+    vgg = lambda: VGG19Features(VGG19Config(), dtype=cfg.compute_dtype, rngs=nnx.Rngs(1))  # noqa: E731
+    graphdef = nnx.split(nnx.eval_shape(build), nnx.Param, nnx.BatchStat)[0]
+    vgg_graphdef, vgg_params = nnx.split(nnx.eval_shape(vgg))
+    state = jax.eval_shape(lambda: init_state(build(), groups, frozen, tx))
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
+             for k, v in make_batch(SceneConfig(height=28, width=56), [0, 1]).items()}
+    last = max(g.st_epoch for _, g in groups)
+    step = make_step(graphdef, vgg_graphdef, groups, active_groups(groups, last), TRAINING_LOSSES, frozen, tx)
+    new_state, metrics = jax.eval_shape(step, state, vgg_params, batch, lr_factors(groups, last))
+
+    def float_dtypes(tree):
+        return {a.dtype for a in jax.tree.leaves(tree) if jnp.issubdtype(a.dtype, jnp.floating)}
+
+    for s in (state, new_state):
+        assert float_dtypes(s) == {jnp.dtype(jnp.float32)}
+        assert set(s["opt"]) == {name for name, _ in groups}
+        for opt in s["opt"].values():
+            assert float_dtypes((opt.mu, opt.nu)) == {jnp.dtype(jnp.float32)}
+    assert float_dtypes(metrics) == {jnp.dtype(jnp.float32)}
+    model = nnx.eval_shape(build)
+    out = nnx.eval_shape(lambda m, x: m.mono(x, train=True), model, batch["color_s"])
+    assert {f.dtype for f in out["enc_feats_s"]} == {jnp.dtype(jnp.bfloat16)}
+    assert out["mono_dvolume_0_s"].dtype == jnp.bfloat16

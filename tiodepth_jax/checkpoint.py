@@ -36,6 +36,7 @@ from flax import nnx
 from tiodepth_jax.config import TrainConfig, load_config
 from tiodepth_jax.errors import InputError, InputExistsError, InputNotFoundError
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
+from tiodepth_jax.models.dinov2 import Remat
 from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
 from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
 
@@ -129,7 +130,7 @@ def _mismatch(stored: dict, target: dict) -> str | None:
 
 
 def load_model(path: str | os.PathLike, *, kind: str | None = None, dtype=jnp.float32,
-               remat: bool = False) -> nnx.Module:
+               remat: Remat = False) -> nnx.Module:
     """Rebuild the model of the model directory `path`. `kind`, when given, is checked against it."""
     meta = read_model_meta(path)
     _check_kind(path, meta["kind"], kind)

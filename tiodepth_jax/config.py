@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import yaml
 
+from tiodepth_jax.models.dinov2 import Remat
 from tiodepth_jax.models.tiodepth import TiODepthConfig
 from tiodepth_jax.schema import ConfigError, FieldError, Float, Where, build, merge, plain, short_repr
 
@@ -344,7 +345,8 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 8                           # global batch (all devices / hosts together)
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype (parameters stay float32)
-    remat: bool = False                           # rematerialise the DINOv2 blocks
+    remat: Remat = False                          # rematerialise the DINOv2 blocks: a jax.checkpoint_policies
+                                                  #   name (models/dinov2.py RematPolicy); true = nothing_saveable
     init_from: str | None = None                  # converted Depth-Anything-V2 checkpoint for the encoder
     vgg_from: str | None = None                   # converted VGG19 (perceptual loss); None = random weights
     model: TiODepthConfig = dataclasses.field(default_factory=TiODepthConfig)

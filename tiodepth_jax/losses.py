@@ -442,15 +442,20 @@ def _get(name: str, outputs: Mapping, batch: Mapping):
     raise KeyError(f"loss input {name!r} is neither in the batch nor in the outputs")
 
 
+def _get_float32(name: str, outputs: Mapping, batch: Mapping) -> jax.Array:
+    """A loss input in float32: under bfloat16 compute the losses still run in float32 (a no-op in float32)."""
+    return jnp.asarray(_get(name, outputs, batch), jnp.float32)
+
+
 def term_map(term: LossTerm, outputs: Mapping, batch: Mapping) -> jax.Array:
     """The term's per-pixel map (B,h,w,1), before the mask, rate and mean."""
-    pred = _get(term.pred, outputs, batch)
+    pred = _get_float32(term.pred, outputs, batch)
     if term.target is None:
         target = None
     elif isinstance(term.target, tuple):
-        target = [_get(t, outputs, batch) for t in term.target]
+        target = [_get_float32(t, outputs, batch) for t in term.target]
     else:
-        target = _get(term.target, outputs, batch)
+        target = _get_float32(term.target, outputs, batch)
     return LOSS_FUNCTIONS[term.kind](pred, target, **term.params)
 
 

@@ -188,7 +188,8 @@ class MFM(nnx.Module):
         # A contraction straight into (B, h, w, N): XLA:CPU (jax 0.10.2) miscompiles the equivalent
         # sum(q * warped, -1) followed by a transpose under jit when `warped` comes from gathers.
         cost = jnp.einsum("bhwc,nbhwc->bhwn", q, warped, precision=self.precision) / (q.shape[-1] ** 0.5)
-        x = self.redu_conv(jnp.concatenate([target, jax.nn.softmax(cost, axis=-1).astype(target.dtype)], axis=-1))
+        p = jax.nn.softmax(cost.astype(jnp.float32), axis=-1).astype(target.dtype)  # float32 softmax over the bins
+        x = self.redu_conv(jnp.concatenate([target, p], axis=-1))
         return jax.nn.elu(self.se(x)), cost
 
     def warped_keys(self, k, directs, image_width: int):

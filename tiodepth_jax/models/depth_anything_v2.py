@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tiodepth_jax import schema
-from tiodepth_jax.models.dinov2 import DinoV2, DinoV2Config
+from tiodepth_jax.models.dinov2 import DinoV2, DinoV2Config, Remat
 from tiodepth_jax.models.dpt import DPTConfig, DPTHead
 
 # variant: (embed_dim, depth, heads, ffn, taps, DPT features, DPT out_channels)
@@ -69,7 +69,7 @@ class DepthAnythingV2(nnx.Module):
     `__call__`: (B, H, W, 3), H and W multiples of 14 -> (B, H, W) non-negative relative depth.
     """
 
-    def __init__(self, cfg: DepthAnythingV2Config, *, dtype=jnp.float32, remat: bool = False,
+    def __init__(self, cfg: DepthAnythingV2Config, *, dtype=jnp.float32, remat: Remat = False,
                  rngs: nnx.Rngs):
         self.cfg = cfg
         self.pretrained = DinoV2(cfg.dinov2, dtype=dtype, remat=remat, rngs=rngs)

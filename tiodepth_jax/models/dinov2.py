@@ -9,6 +9,7 @@ renaming plus layout changes. The blocks are stacked along a leading layer axis 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal
 
 import jax
@@ -17,6 +18,23 @@ import numpy as np
 from flax import nnx
 
 from tiodepth_jax.ops.resize import interpolate_bicubic
+
+
+# What each block keeps for the backward pass when rematerialised, as a `jax.checkpoint_policies` name:
+# nothing_saveable keeps only the block's input (and recomputes the whole block), dots_with_no_batch_dims_saveable
+# also keeps the outputs of its Linear layers (and recomputes LayerNorm, GELU and attention).
+RematPolicy = Literal["nothing_saveable", "dots_with_no_batch_dims_saveable"]
+Remat = bool | RematPolicy  # False: store every activation; True: nothing_saveable
+
+
+def remat_policy(remat: Remat):
+    """The `jax.checkpoint` policy of a rematerialised block, or None when `remat` is False."""
+    if remat is False:
+        return None
+    name = "nothing_saveable" if remat is True else remat
+    if name not in typing.get_args(RematPolicy):
+        raise ValueError(f"remat must be a bool or one of {', '.join(typing.get_args(RematPolicy))}; got {remat!r}")
+    return getattr(jax.checkpoint_policies, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,24 +84,43 @@ class PatchEmbed(nnx.Module):
         return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
+def attention_implementation(backend: str, dtype) -> str | None:
+    """The `implementation` of `jax.nn.dot_product_attention` for `backend` and the compute `dtype`.
+
+    'cudnn' (fused flash attention) on GPUs in bfloat16 / float16; None (the XLA path: logits, float32
+    softmax, probs @ v) elsewhere: cuDNN's fused attention takes no float32 inputs, and None never picks
+    cuDNN by itself (JAX 0.10 always takes the XLA path for None).
+    """
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if backend == "gpu" and half else None
+
+
+def attend(q, k, v):
+    """softmax(q k^T / sqrt(hd)) v per head, the softmax in float32: (B, T, heads, hd) x3 -> (B, T, heads, hd).
+
+    In float32 both matmuls run at `Precision.HIGHEST` (see `matmul_precision`); in bfloat16 the XLA path
+    forms the logits in float32 and casts the probabilities back to bfloat16 for probs @ v. The scale
+    multiplies the logits where PyTorch scales q: the same numbers when hd is a power of 4 (64 in every preset).
+    """
+    implementation = attention_implementation(jax.default_backend(), q.dtype)
+    with jax.default_matmul_precision(matmul_precision(q.dtype).name.lower()):
+        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
 class Attention(nnx.Module):
     """Multi-head self-attention with scale head_dim^-0.5 and softmax in float32."""
 
     def __init__(self, cfg: DinoV2Config, *, dtype, rngs: nnx.Rngs):
         d = cfg.embed_dim
         self.num_heads = cfg.num_heads
-        self.precision = matmul_precision(dtype)
-        self.qkv = nnx.Linear(d, 3 * d, dtype=dtype, precision=self.precision, rngs=rngs)
-        self.proj = nnx.Linear(d, d, dtype=dtype, precision=self.precision, rngs=rngs)
+        precision = matmul_precision(dtype)
+        self.qkv = nnx.Linear(d, 3 * d, dtype=dtype, precision=precision, rngs=rngs)
+        self.proj = nnx.Linear(d, d, dtype=dtype, precision=precision, rngs=rngs)
 
     def __call__(self, x):
         b, n, d = x.shape
-        hd = d // self.num_heads
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, hd)
-        q, k, v = qkv[:, :, 0] * hd**-0.5, qkv[:, :, 1], qkv[:, :, 2]  # (B, N, heads, hd)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=self.precision)
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v, precision=self.precision)
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
+        out = attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])  # (B, N, heads, hd)
         return self.proj(out.reshape(b, n, d))
 
 
@@ -164,14 +201,14 @@ class DinoV2(nnx.Module):
     Args:
       cfg: the trunk's shape.
       dtype: compute dtype of the matmuls and convolutions (parameters stay float32).
-      remat: rematerialise each block in the backward pass.
+      remat: rematerialise each block in the backward pass, keeping what the policy names (`Remat`).
     """
 
-    def __init__(self, cfg: DinoV2Config, *, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+    def __init__(self, cfg: DinoV2Config, *, dtype=jnp.float32, remat: Remat = False, rngs: nnx.Rngs):
         d = cfg.embed_dim
         self.cfg = cfg
         self.dtype = dtype
-        self.remat = remat
+        self.remat_policy = remat_policy(remat)
         self.patch_embed = PatchEmbed(cfg, dtype=dtype, rngs=rngs)
         self.cls_token = nnx.Param(jnp.zeros((1, 1, d), jnp.float32))
         self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1 + cfg.pos_grid**2, d)))
@@ -213,8 +250,8 @@ class DinoV2(nnx.Module):
         def block_call(block, h):
             return block(h)
 
-        if self.remat:
-            block_call = nnx.remat(block_call)
+        if self.remat_policy is not None:
+            block_call = nnx.remat(block_call, policy=self.remat_policy)
 
         @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
         def run(carry, block, slot):

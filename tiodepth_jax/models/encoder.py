@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2Config
-from tiodepth_jax.models.dinov2 import DinoV2
+from tiodepth_jax.models.dinov2 import DinoV2, Remat
 from tiodepth_jax.models.dpt import DPTHead
 
 # Input normalisation. 'fork': the original's (x - 0.45) / 0.225 on every channel (spec §2.4, §11.4);
@@ -26,7 +26,7 @@ class TiOEncoder(nnx.Module):
     """(B, H, W, 3) images in [0, 1], H and W multiples of 14 -> [E1, E2, E3, E4] (B, h_k, w_k, features)."""
 
     def __init__(self, cfg: DepthAnythingV2Config, *, normalisation: str = "fork", dtype=jnp.float32,
-                 remat: bool = False, rngs: nnx.Rngs):
+                 remat: Remat = False, rngs: nnx.Rngs):
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"unknown normalisation {normalisation!r}; known: {', '.join(NORMALISATIONS)}")
         self.cfg = cfg

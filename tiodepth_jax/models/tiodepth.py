@@ -22,6 +22,7 @@ from flax import nnx
 from tiodepth_jax import schema
 from tiodepth_jax.models.decoder import DECODER_NAME, DecoderConfig, DPDecoder, parse_decoder_name
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2Config
+from tiodepth_jax.models.dinov2 import Remat
 from tiodepth_jax.models.encoder import TiOEncoder
 from tiodepth_jax.ops.geometry import disparity_bins, disparity_bins_float64
 
@@ -102,8 +103,8 @@ class TiODepthConfig:
 
 
 def volume_outputs(logits, bins, d2d: float, name: str, side: str) -> dict:
-    """Softmax over the bins, expected disparity and depth = d2d / disparity (no clamp)."""
-    p = jax.nn.softmax(logits, axis=-1)
+    """Softmax over the bins (in float32), expected disparity and depth = d2d / disparity (no clamp)."""
+    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     disp = jnp.sum(p * bins, axis=-1, keepdims=True)
     return {
         f"{name}_dvolume_0_{side}": logits,
@@ -115,7 +116,7 @@ def volume_outputs(logits, bins, d2d: float, name: str, side: str) -> dict:
 
 
 class TiODepth(nnx.Module):
-    def __init__(self, cfg: TiODepthConfig, *, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+    def __init__(self, cfg: TiODepthConfig, *, dtype=jnp.float32, remat: Remat = False, rngs: nnx.Rngs):
         self.cfg = cfg
         self.encoder = TiOEncoder(cfg.encoder_config(), normalisation=cfg.normalisation, dtype=dtype,
                                   remat=remat, rngs=rngs)
@@ -160,7 +161,7 @@ class TiODepth(nnx.Module):
                                                         image_hw, train=train)
         bins = self.bins
         for k, cost in costs.items():
-            p = jax.nn.softmax(cost, axis=-1)
+            p = jax.nn.softmax(cost.astype(jnp.float32), axis=-1)
             out[f"cost_{k}"] = p
             out[f"cost_disp_{k}"] = jnp.sum(p * bins, axis=-1, keepdims=True)
         for side, logits in (("s", logits_s), ("o", logits_o)):

@@ -81,7 +81,7 @@ class VGG19Features(nnx.Module):
     `remat` is accepted for `tiodepth_jax.checkpoint.load_model` and has no effect.
     """
 
-    def __init__(self, cfg: VGG19Config = VGG19Config(), *, dtype=jnp.float32, remat: bool = False,
+    def __init__(self, cfg: VGG19Config = VGG19Config(), *, dtype=jnp.float32, remat=False,
                  rngs: nnx.Rngs):
         del remat
         self.cfg = cfg

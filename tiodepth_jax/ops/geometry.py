@@ -228,11 +228,12 @@ def discrete_synthesis(logits, img, depths, inv_K, T, K):
     materialised. The backward loops over the bins again, re-warping the image of bin j and using
     ``d synth / d l_j = P_j * <g, I_j - synth>`` (the softmax Jacobian), then the adjoint of the zeros-padded
     warp of logit channel j. Gradients flow into ``logits`` and ``img``; the grids (cameras, depths) get none.
-    The sum over bins runs j = 0..N-1 in order like PyTorch's ``.sum(dim=2)``.
+    The sum over bins runs j = 0..N-1 in order like PyTorch's ``.sum(dim=2)``. The warp and the softmax run
+    in float32 whatever the logits' dtype (bfloat16 compute); their gradient comes back in that dtype.
     """
     _, h, w, _ = logits.shape
     rays, P, depths = _bin_setup(depths, inv_K, T, K, h, w)
-    return _discrete_synthesis(logits, img, rays, P, depths)
+    return _discrete_synthesis(logits.astype(jnp.float32), img, rays, P, depths)
 
 
 @jax.custom_vjp
