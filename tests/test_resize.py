@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.hlo import largest_constant
 from tiodepth_jax.ops.resize import interpolate_bicubic, interpolate_bilinear, interpolate_nearest
 
 ATOL = 1e-5
@@ -172,3 +173,19 @@ def test_jit_matches_torch(mode, fn, kwargs):
 def test_invalid_arguments_raise(fn, kwargs, match):
     with pytest.raises(ValueError, match=match):
         fn(jnp.zeros((1, 8, 8, 1)), **kwargs)
+
+
+@pytest.mark.parametrize("fn,kwargs", [
+    (interpolate_bilinear, dict(size=(5, 7), align_corners=True)),
+    (interpolate_bilinear, dict(size=(5, 7), align_corners=False)),
+    (interpolate_bicubic, dict(size=(5, 31))),
+    (interpolate_nearest, dict(size=(30, 50))),
+])
+def test_gradient_is_not_evaluated_at_compile_time(fn, kwargs):
+    """The cotangent of sum(resize(x)) is a constant. Were the tables constants too, XLA would evaluate the
+    transposed gathers, or part of them, while compiling (minutes for a (1, 252, 840, 49) volume) and embed the
+    result in the program: every constant left must be no larger than a table."""
+    x = jax.ShapeDtypeStruct((1, 12, 20, 3), jnp.float32)
+    compiled = jax.jit(jax.grad(lambda a: jnp.sum(fn(a, **kwargs)))).lower(x).compile()
+    longest_table = max(12, 20, *jax.eval_shape(functools.partial(fn, **kwargs), x).shape[1:3])
+    assert largest_constant(compiled) <= longest_table

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.hlo import largest_constant
 from tiodepth_jax.ops.warp import grid_sample, identity_grid
 
 TOL = 1e-5
@@ -102,6 +103,16 @@ def test_jit_matches_torch(padding_mode):
     ref = F.grid_sample(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), torch.from_numpy(grid),
                         mode="bilinear", padding_mode=padding_mode, align_corners=False)
     _assert_close(out, ref.numpy().transpose(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_gradient_for_a_constant_grid_is_not_evaluated_at_compile_time(padding_mode):
+    """With a constant grid and the constant cotangent of sum(grid_sample(x)), XLA would evaluate the transposed
+    gathers while compiling if it saw their indices as constants, and embed the gradient (x's size)."""
+    x = jax.ShapeDtypeStruct((1, 12, 20, 3), jnp.float32)
+    grid = identity_grid(12, 20)[None] * 0.9
+    loss = lambda a: jnp.sum(grid_sample(a, grid, padding_mode=padding_mode, align_corners=True))  # noqa: E731
+    assert largest_constant(jax.jit(jax.grad(loss)).lower(x).compile()) < x.size
 
 
 def test_invalid_padding_mode_raises():

@@ -14,10 +14,20 @@ order, and runs in TF32 on GPUs by default) and cost O(taps) rather than O(input
 The gradient of a gather is a scatter-add, as in PyTorch's backward kernels. Results differ from PyTorch's
 only by the rounding of the weighted sums (PyTorch's compiler fuses some of them into FMAs): about one
 float32 ulp of the output.
+
+The tables reach XLA through an optimisation barrier, so that they are not compile-time constants. Where
+the data a gather reads is constant too, XLA would otherwise evaluate the gather, or its transposed
+scatter-add, while compiling (constant folding, in its HLO interpreter, at about a microsecond per
+element), and embed the result in the program. That happens to the gradient of any function linear in the
+resize's output, e.g. ``jax.grad(lambda x: jnp.sum(resize(x)))``, whose cotangent is a constant: the
+scatter-add over a (1, 252, 840, 49) volume then took minutes to compile and became a 41 MB constant. A
+dense interpolation matrix would not avoid it (XLA folds a dot of constants too) and adds the zero-weight
+terms named above; the barrier costs nothing at run time.
 """
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -108,17 +118,20 @@ def _pair(value, name):
 def _apply_taps(x, axis, taps):
     """``sum_k take(x, idx_k, axis) * w_k`` summed left to right; ``w_k is None`` means a pure copy.
 
+    The tables pass through an optimisation barrier (see the module docstring).
     taps: tuple of (idx (n_out,) int32, w (n_out,) float32 or None); x: (B, H, W, C).
     """
     if taps is None:
         return x
     shape = [1] * x.ndim
     shape[axis] = -1
+    tables = jax.lax.optimization_barrier(
+        [(jnp.asarray(idx), None if w is None else jnp.asarray(w.reshape(shape), dtype=x.dtype)) for idx, w in taps])
     out = None
-    for idx, w in taps:
+    for idx, w in tables:
         term = jnp.take(x, idx, axis=axis, mode="clip", indices_are_sorted=True)
         if w is not None:
-            term = term * jnp.asarray(w.reshape(shape), dtype=x.dtype)
+            term = term * w
         out = term if out is None else out + term
     return out
 

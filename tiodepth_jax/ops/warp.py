@@ -115,5 +115,7 @@ def _gather(x, iy, ix):
     valid = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
     batch = jnp.arange(b, dtype=jnp.int32).reshape((b,) + (1,) * (iy.ndim - 1))
     flat = jnp.where(valid, (batch * h + iy) * w + ix, 0)  # (B, Ho, Wo) rows of x.reshape(B*H*W, C)
+    # for a constant grid, keeps XLA from evaluating the gather or its transposed scatter-add at compile time
+    flat, valid = jax.lax.optimization_barrier((flat, valid))
     values = jnp.take(x.reshape(b * h * w, c), flat, axis=0, mode="clip")  # (B, Ho, Wo, C)
     return jnp.where(valid[..., None], values, 0)
