@@ -124,10 +124,12 @@ Execution: each model is split once into graphdef / state and ONE jitted forward
 shape (jax.jit caches one executable per shape). Images (pairs) are grouped by network input shape (read
 from the file headers first, so unreadable files and size mismatches fail before any compute) and run in
 batches of min(--batch-size, images of that shape); a short last batch is zero-padded, so each shape
-compiles once. Before anything is compiled, each batch's memory is estimated (`memory_estimate`: the
-float32 attention logits and probabilities of one view, 2 * B * heads * T^2 * 4 bytes for T tokens, plus
-256 bytes per view and input pixel, calibrated on the compiled forwards of ViT-B TiO-Depth and ViT-S/L
-Depth-Anything-V2) and compared with the memory free on the device (an accelerator's bytes_limit -
+compiles once. A worker thread decodes and preprocesses the next batches (up to 2 ahead) while the device
+runs the current one; the outputs are the same as without it, and a file that fails to decode there is named
+in the error the command ends with. Before anything is compiled, each batch's memory is estimated
+(`memory_estimate`: the float32 attention logits and probabilities of one view, 2 * B * heads * T^2 * 4 bytes
+for T tokens, plus 256 bytes per view and input pixel, calibrated on the compiled forwards of ViT-B TiO-Depth
+and ViT-S/L Depth-Anything-V2) and compared with the memory free on the device (an accelerator's bytes_limit -
 bytes_in_use, the host's available memory for a CPU); a size that does not fit (--size auto on a
 6000x4000 photo needs about 1.45 TB with ViT-B) fails with one line naming it and the estimate.
 """
@@ -135,8 +137,12 @@ bytes_in_use, the host's available memory for a CPU); a size that does not fit (
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
+import contextlib
 import dataclasses
 import functools
+import itertools
 import math
 import sys
 import time
@@ -166,6 +172,7 @@ DEMO_IMAGE_HW = (240, 320)
 DEMO_NUM_IMAGES = 2
 COLORBAR_LABELS = 5          # labels of --colorbar, at equal colour steps
 ACTIVATION_BYTES_PER_PIXEL = 256  # of `memory_estimate`, per view and network input pixel
+PREFETCH_BATCHES = 2         # batches read and preprocessed ahead while the device runs
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -567,25 +574,73 @@ def load_predictor(checkpoint, dtype=None, mode=None, which="latest") -> DepthPr
 # Pipeline
 # ---------------------------------------------------------------------------------------------------
 
-def run_batch(predictor: DepthPredictor, inputs: list[list[np.ndarray]], batch: Batch) -> list[np.ndarray]:
-    """Preprocess, pad to the batch size, predict and resize back: [[(H, W, 3)] * views] -> [(H, W)]."""
-    xs = np.zeros((predictor.views, batch.padded_size, *batch.shape, 3), np.float32)  # (V, B, h, w, 3)
+def preprocess_batch(predictor: DepthPredictor, inputs: list[list[np.ndarray]], batch: Batch) -> np.ndarray:
+    """The network input of a batch: [[(H, W, 3)] * views] -> (views, batch.padded_size, h, w, 3), zero-padded."""
+    xs = np.zeros((predictor.views, batch.padded_size, *batch.shape, 3), np.float32)
     for k, views in enumerate(inputs):
         for v, image in enumerate(views):
             xs[v, k] = predictor.preprocess(image, batch.shape)
+    return xs
+
+
+def run_batch(predictor: DepthPredictor, xs: np.ndarray, sizes) -> list[np.ndarray]:
+    """Predict a `preprocess_batch` and resize each depth map back to its image's (H, W) in `sizes`."""
     depth = predictor(*xs)  # (B, h, w)
-    return [np.asarray(resize_depth(depth[k], views[0].shape[:2], predictor.align_corners))
-            for k, views in enumerate(inputs)]
+    return [np.asarray(resize_depth(depth[k], tuple(hw), predictor.align_corners)) for k, hw in enumerate(sizes)]
+
+
+def prefetched(fn, items, depth: int):
+    """`fn(item)` for each of `items`, in order. With depth > 0 the calls run on one worker thread, up to
+    `depth` items ahead of the consumer, so that reading and preprocessing the next batches overlaps the device
+    running the current one. An exception of `fn` is raised in the consumer's thread when its item is reached;
+    closing the generator cancels the calls not started and waits for the one running."""
+    if depth == 0:
+        yield from map(fn, items)
+        return
+    items = iter(items)
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict-prefetch")
+    try:
+        pending = collections.deque(pool.submit(fn, item) for item in itertools.islice(items, depth))
+        while pending:
+            future = pending.popleft()
+            pending.extend(pool.submit(fn, item) for item in itertools.islice(items, 1))
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def predict_batches(predictor: DepthPredictor, batches, read, doffs: float = 0.0, prefetch: int = PREFETCH_BATCHES):
+    """Yield (batch, images, depths) for each of `batches`: `read(i)` gives input i's views ([(H, W, 3)] float
+    RGB in [0, 1]), `depths` the (H, W) depth map of each. With `doffs` a pair is aligned as the stereo-folder
+    build aligns it before the network sees it and its depth is placed back in the left image (NaN in the cropped
+    columns). Reading, aligning and preprocessing run `prefetch` batches ahead on a thread (`prefetched`);
+    an error there (a file that cannot be decoded: `read` names it) is raised here. Use it in `closing()`."""
+    aligned = doffs != 0 and predictor.views == 2
+
+    def prepare(batch):
+        images = [read(i) for i in batch.indices]
+        inputs = [align_views(views, doffs)[0] if aligned else views for views in images]
+        return images, inputs, preprocess_batch(predictor, inputs, batch)
+
+    with contextlib.closing(prefetched(prepare, batches, prefetch)) as prepared:
+        for batch, (images, inputs, xs) in zip(batches, prepared):
+            depths = run_batch(predictor, xs, [views[0].shape[:2] for views in inputs])
+            if aligned:
+                depths = [unalign(depth, stereo_folder.alignment(doffs, views[0].shape[1]), views[0].shape[1])
+                          for depth, views in zip(depths, images)]
+            yield batch, images, depths
 
 
 def predict_files(predictor: DepthPredictor, paths, out_dir, *, input_size=None, batch_size: int = 4,
-                  outputs: Outputs = Outputs(), doffs: float = 0.0) -> None:
+                  outputs: Outputs = Outputs(), doffs: float = 0.0, prefetch: int = PREFETCH_BATCHES) -> None:
     """Write `<out_dir>/<stem>.npy` and the other `outputs` for every input (see the module docstring).
 
     paths: image paths, or (left, right) pairs for a two-view predictor. input_size: a size policy of
     `network_input_shape`; None for the predictor's `default_size`. doffs: the rig's principal-point offset
     (pairs): each pair is aligned as the stereo-folder build aligns it before the network sees it. Inputs,
-    output names and the memory each network input size needs are checked before anything runs.
+    output names and the memory each network input size needs are checked before anything runs. prefetch:
+    batches decoded and preprocessed ahead on a thread while the device runs (0: none); outputs do not depend
+    on it.
     """
     items = [tuple(map(Path, p)) if isinstance(p, (tuple, list)) else (Path(p),) for p in paths]
     if any(len(views) != predictor.views for views in items):
@@ -599,15 +654,12 @@ def predict_files(predictor: DepthPredictor, paths, out_dir, *, input_size=None,
     batches = plan_batches(network_sizes, predictor.default_size if input_size is None else input_size,
                            batch_size, predictor.patch_size)
     check_memory(predictor, batches, items)
-    with tqdm(total=len(items), unit="pair" if predictor.views == 2 else "img", desc="depth") as bar:
-        for batch in batches:
-            images = [[read_image(p) for p in items[i]] for i in batch.indices]
-            inputs = [align_views(views, doffs)[0] if aligned else views for views in images]
-            depths = run_batch(predictor, inputs, batch)
+    results = predict_batches(predictor, batches, lambda i: [read_image(p) for p in items[i]], doffs, prefetch)
+    with contextlib.closing(results), tqdm(total=len(items), unit="pair" if predictor.views == 2 else "img",
+                                           desc="depth") as bar:
+        for batch, images, depths in results:
             for i, views, depth in zip(batch.indices, images, depths):
                 geometry = InputGeometry(network_sizes[i][1] / batch.shape[1], doffs if aligned else 0.0)
-                if aligned:
-                    depth = unalign(depth, stereo_folder.alignment(doffs, sizes[i][1]), sizes[i][1])
                 predictor.save(out_dir, stems[i], depth, views[0], geometry, outputs)
             bar.update(len(batch.indices))
 
