@@ -94,11 +94,29 @@ def test_predict_files_shapes_outputs_and_compile_count(checkpoint, image_dir, t
         assert depth.shape == hw and depth.dtype == np.float32
         assert np.isfinite(depth).all() and (depth >= 0).all()
         assert read_image(tmp_path / f"{name}.png").shape == (*hw, 3)
+    # Without decoding ahead on a thread (prefetch=0): the same depth maps.
     predict.predict_files(predictor, paths, tmp_path / "again", input_size=28, batch_size=2,
-                          outputs=predict.Outputs(png=False))
+                          outputs=predict.Outputs(png=False), prefetch=0)
     assert predictor.num_traces == 2
     assert not list((tmp_path / "again").glob("*.png"))
-    np.testing.assert_array_equal(np.load(tmp_path / "again" / "c.npy"), np.load(tmp_path / "c.npy"))
+    for name in SIZES:
+        np.testing.assert_array_equal(np.load(tmp_path / "again" / f"{name}.npy"), np.load(tmp_path / f"{name}.npy"))
+
+
+def test_decode_error_on_the_prefetch_thread_is_named(checkpoint, image_dir, tmp_path, capsys):
+    """A PNG whose header is fine (so the checks before compute pass) but whose pixels are cut off fails on the
+    thread that decodes ahead; the command ends with one line naming it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.png").write_bytes((image_dir / f"{name}.png").read_bytes())
+    data = (image_dir / "c.png").read_bytes()
+    (folder / "c.png").write_bytes(data[:len(data) // 2])
+    err = run_main_error(["--checkpoint", str(checkpoint), "--input", str(folder), "--out", str(tmp_path / "o"),
+                          "--input-size", "28", "--batch-size", "1", "--no-png"], capsys)
+    last = err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("error: cannot decode image") and "c.png" in last and "Traceback" not in err
+    assert (tmp_path / "o" / "a.npy").is_file()  # the batches before it were written
 
 
 def test_main_float32_and_bfloat16_agree(checkpoint, image_dir, tmp_path, capsys):

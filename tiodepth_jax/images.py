@@ -79,9 +79,14 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):
                 grey = np.asarray(img, np.float32) / 65535.0  # (H, W)
                 return np.repeat(grey[..., None], 3, axis=-1)
-            return np.asarray(img.convert("RGB"), np.float32) / 255.0
+            return rgb_float(np.asarray(img.convert("RGB")))
     except _DECODE_ERRORS as e:
         raise InputError(f"cannot decode image {path}: {e}") from e
+
+
+def rgb_float(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> float32 in [0, 1]: the conversion of every 8-bit image and video frame."""
+    return np.asarray(rgb, np.float32) / 255.0
 
 
 def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:

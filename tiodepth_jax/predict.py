@@ -1,5 +1,5 @@
-"""Depth maps for image files and stereo pairs with a converted model or a training run, jitted, batched, on any
-JAX backend.
+"""Depth maps for image files, stereo pairs and videos with a converted model or a training run, jitted, batched,
+on any JAX backend.
 
 Usage:
   python -m tiodepth_jax.predict --checkpoint DIR --input PATH [PATH ...] --out DIR
@@ -7,17 +7,23 @@ Usage:
       [--dtype float32|bfloat16] [--no-png | --range MIN MAX --colorbar]
       [--pointcloud (--calibration FILE | --fx FX --fy FY --cx CX --cy CY)]
   python -m tiodepth_jax.predict --checkpoint DIR --left L --right R --out DIR [--mode Stereo] [...]
+  python -m tiodepth_jax.predict --checkpoint DIR (--input VIDEO [VIDEO ...] | --left L.mp4 --right R.mp4 |
+      --sbs VIDEO) --out DIR [--npz] [--range MIN MAX] [--colorbar] [...]
   python -m tiodepth_jax.predict --demo --out DIR [--input-size 518] [--batch-size 4] [--dtype ...]
 
   --checkpoint   a model directory written by `tiodepth_jax.checkpoint.save_model` (by the converters or
                  `tiodepth_jax.export_model`), or a training run (its workdir, checkpoint directory or a
                  step directory; --which latest (default), best or a step number)
   --input        image files and/or folders (a folder's .png .jpg .jpeg .bmp .tif .tiff .webp files,
-                 sorted, not recursive)
+                 sorted, not recursive), or video files (.mp4 .m4v .mov .mkv .webm .avi .mpg .mpeg .ts; not
+                 together with images; see Videos below)
   --left/--right one stereo pair (two files) or two folders whose images are paired by file name (a
                  name found on one side only is an error); both images of a pair must have the same size.
                  --left is the left camera (TiO-Depth's color_s, direct +1), --right the right one.
-                 Pairs need a TiO-Depth checkpoint and imply --mode Stereo
+                 Pairs need a TiO-Depth checkpoint and imply --mode Stereo. Or two video files of the
+                 same frame count and size
+  --sbs VIDEO    a side-by-side stereo video: each frame's left half is the left view, its right half the
+                 right one (the width must be even); like --left/--right otherwise
   --mode         TiO-Depth path: Refine (default for --input; the paper's monocular "TiO-Depth"), Mono
                  (the plain monocular path) or Stereo (pairs; "TiO-Depth (Bino.)")
   --out          output folder (created if missing; an existing file is refused before the model loads):
@@ -35,11 +41,12 @@ Usage:
   --batch-size   images (pairs) per forward pass
   --dtype        compute dtype; parameters stay float32 ("bfloat16" halves activation memory); default: the
                  dtype a training run used (recorded by an export too), float32 for a converted model
-  --no-png       write no .png colour maps
-  --range MIN MAX  a fixed colour scale for every image instead of each one's min/max: depth in metres
+  --no-png       write no .png colour maps (images)
+  --range MIN MAX  a fixed colour scale for every image (video) instead of each one's min/max (a video's own
+                 percentiles, see Videos below): depth in metres
                  for TiO-Depth (MIN is red, MAX blue; depths outside get the end colours), the output's own
                  values (relative inverse depth) for Depth-Anything-V2; 0 < MIN < MAX
-  --colorbar     add a colour bar to the right of each PNG, labelled with its units ("depth (m)", or
+  --colorbar     add a colour bar to the right of each PNG (video frame), labelled with its units ("depth (m)", or
                  "relative inverse depth") at 5 equal colour steps; the PNG becomes wider (and at least
                  about 6 text lines high)
   --pointcloud   also write <stem>.ply: binary little-endian PLY, one vertex (float x y z in metres, uchar
@@ -55,6 +62,7 @@ Usage:
                  cropped, and <stem>_disp.npy is x_left - x_right of the input images (d2d / depth * scale -
                  doffs)
   --fx --fy --cx --cy  the same intrinsics given directly (all four)
+  --npz          videos: also write <stem>.npz, the depth of every frame (see Videos below)
   --demo         no checkpoint, no input: a ViT-S Depth-Anything-V2 with RANDOM weights (nnx.Rngs(0))
                  runs on two generated 240x320 scenes (written to <out>/demo_inputs/), exercising the
                  whole pipeline without downloads; its depth maps are meaningless
@@ -120,14 +128,32 @@ TiO-Depth (spec §2.5, §8, §9):
   rig (a stereo-folder dataset, with d2d set to its fx * baseline at data.image_size) is metric at its
   default size.
 
+Videos (PyAV, the optional `video` extra): each clip's frames are decoded by FFmpeg to 8-bit RGB (audio
+ignored) and run exactly as images of that size would be (`read_image`'s conversion to float, the same
+preprocessing, batches of --batch-size with one compile for the clip's size, decoding on the prefetch thread
+below), so depth[k] of <stem>.npz equals the <stem>.npy that predict writes for frame k saved as a PNG.
+Outputs: <stem>.mp4, the depth coloured as the PNGs are (with --colorbar too), H.264 in yuv420p at the input's
+frame rate (a side of odd length gets its last row or column repeated), and with --npz <stem>.npz: "depth",
+(frames, H, W) float32 (metres for TiO-Depth, the relative output for Depth-Anything-V2; stereo clips store no
+disparity). All frames of a clip share one colour range, so that the video does not flicker: --range MIN MAX,
+else the 2nd and 98th percentiles of the depth of the whole clip (every pixel of every frame; on a regular
+grid of at most 4M of them in longer clips). That range is known only when every frame is predicted, so the
+depths wait in a scratch file in --out (frames x H x W x 4 bytes, deleted afterwards) and the video is
+coloured and encoded in a second pass over them: the model runs once per frame. Stereo clips come from --left
+and --right (same frame count and size) or --sbs; a --calibration's doffs aligns each frame pair as it aligns
+image pairs. The frame count is the container's (the number of the stream's packets where it records none);
+a file that is not a video, cannot be decoded or ends early fails with one line naming it.
+
 Execution: each model is split once into graphdef / state and ONE jitted forward serves every input
 shape (jax.jit caches one executable per shape). Images (pairs) are grouped by network input shape (read
 from the file headers first, so unreadable files and size mismatches fail before any compute) and run in
 batches of min(--batch-size, images of that shape); a short last batch is zero-padded, so each shape
-compiles once. Before anything is compiled, each batch's memory is estimated (`memory_estimate`: the
-float32 attention logits and probabilities of one view, 2 * B * heads * T^2 * 4 bytes for T tokens, plus
-256 bytes per view and input pixel, calibrated on the compiled forwards of ViT-B TiO-Depth and ViT-S/L
-Depth-Anything-V2) and compared with the memory free on the device (an accelerator's bytes_limit -
+compiles once. A worker thread decodes and preprocesses the next batches (up to 2 ahead) while the device
+runs the current one; the outputs are the same as without it, and a file that fails to decode there is named
+in the error the command ends with. Before anything is compiled, each batch's memory is estimated
+(`memory_estimate`: the float32 attention logits and probabilities of one view, 2 * B * heads * T^2 * 4 bytes
+for T tokens, plus 256 bytes per view and input pixel, calibrated on the compiled forwards of ViT-B TiO-Depth
+and ViT-S/L Depth-Anything-V2) and compared with the memory free on the device (an accelerator's bytes_limit -
 bytes_in_use, the host's available memory for a CPU); a size that does not fit (--size auto on a
 6000x4000 photo needs about 1.45 TB with ViT-B) fails with one line naming it and the estimate.
 """
@@ -135,10 +161,16 @@ bytes_in_use, the host's available memory for a CPU); a size that does not fit (
 from __future__ import annotations
 
 import argparse
+import collections
+import concurrent.futures
+import contextlib
 import dataclasses
 import functools
+import itertools
+import logging
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -150,11 +182,12 @@ from flax import nnx
 from PIL import Image
 from tqdm import tqdm
 
+from tiodepth_jax import video
 from tiodepth_jax.checkpoint import load, parse_which, read_model_meta
 from tiodepth_jax.colormap import add_colorbar, colorize, finite_range
 from tiodepth_jax.data import stereo_folder
 from tiodepth_jax.errors import InputError, InputNotFoundError, run_command
-from tiodepth_jax.images import image_size, list_images, read_image, write_ply, write_png, writing
+from tiodepth_jax.images import image_size, list_images, read_image, rgb_float, write_ply, write_png, writing
 from tiodepth_jax.inference import Jitted
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
 from tiodepth_jax.ops.resize import interpolate_bilinear
@@ -166,6 +199,11 @@ DEMO_IMAGE_HW = (240, 320)
 DEMO_NUM_IMAGES = 2
 COLORBAR_LABELS = 5          # labels of --colorbar, at equal colour steps
 ACTIVATION_BYTES_PER_PIXEL = 256  # of `memory_estimate`, per view and network input pixel
+PREFETCH_BATCHES = 2         # batches read and preprocessed ahead while the device runs
+CLIP_RANGE_PERCENTILES = (2.0, 98.0)  # a video's colour range without --range (`clip_range`)
+CLIP_RANGE_SAMPLES = 1 << 22          # ... from at most this many values of the clip's depth
+
+log = logging.getLogger("tiodepth_jax.predict")  # not __name__, which is "__main__" under python -m
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -567,25 +605,73 @@ def load_predictor(checkpoint, dtype=None, mode=None, which="latest") -> DepthPr
 # Pipeline
 # ---------------------------------------------------------------------------------------------------
 
-def run_batch(predictor: DepthPredictor, inputs: list[list[np.ndarray]], batch: Batch) -> list[np.ndarray]:
-    """Preprocess, pad to the batch size, predict and resize back: [[(H, W, 3)] * views] -> [(H, W)]."""
-    xs = np.zeros((predictor.views, batch.padded_size, *batch.shape, 3), np.float32)  # (V, B, h, w, 3)
+def preprocess_batch(predictor: DepthPredictor, inputs: list[list[np.ndarray]], batch: Batch) -> np.ndarray:
+    """The network input of a batch: [[(H, W, 3)] * views] -> (views, batch.padded_size, h, w, 3), zero-padded."""
+    xs = np.zeros((predictor.views, batch.padded_size, *batch.shape, 3), np.float32)
     for k, views in enumerate(inputs):
         for v, image in enumerate(views):
             xs[v, k] = predictor.preprocess(image, batch.shape)
+    return xs
+
+
+def run_batch(predictor: DepthPredictor, xs: np.ndarray, sizes) -> list[np.ndarray]:
+    """Predict a `preprocess_batch` and resize each depth map back to its image's (H, W) in `sizes`."""
     depth = predictor(*xs)  # (B, h, w)
-    return [np.asarray(resize_depth(depth[k], views[0].shape[:2], predictor.align_corners))
-            for k, views in enumerate(inputs)]
+    return [np.asarray(resize_depth(depth[k], tuple(hw), predictor.align_corners)) for k, hw in enumerate(sizes)]
+
+
+def prefetched(fn, items, depth: int):
+    """`fn(item)` for each of `items`, in order. With depth > 0 the calls run on one worker thread, up to
+    `depth` items ahead of the consumer, so that reading and preprocessing the next batches overlaps the device
+    running the current one. An exception of `fn` is raised in the consumer's thread when its item is reached;
+    closing the generator cancels the calls not started and waits for the one running."""
+    if depth == 0:
+        yield from map(fn, items)
+        return
+    items = iter(items)
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="predict-prefetch")
+    try:
+        pending = collections.deque(pool.submit(fn, item) for item in itertools.islice(items, depth))
+        while pending:
+            future = pending.popleft()
+            pending.extend(pool.submit(fn, item) for item in itertools.islice(items, 1))
+            yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def predict_batches(predictor: DepthPredictor, batches, read, doffs: float = 0.0, prefetch: int = PREFETCH_BATCHES):
+    """Yield (batch, images, depths) for each of `batches`: `read(i)` gives input i's views ([(H, W, 3)] float
+    RGB in [0, 1]), `depths` the (H, W) depth map of each. With `doffs` a pair is aligned as the stereo-folder
+    build aligns it before the network sees it and its depth is placed back in the left image (NaN in the cropped
+    columns). Reading, aligning and preprocessing run `prefetch` batches ahead on a thread (`prefetched`);
+    an error there (a file that cannot be decoded: `read` names it) is raised here. Use it in `closing()`."""
+    aligned = doffs != 0 and predictor.views == 2
+
+    def prepare(batch):
+        images = [read(i) for i in batch.indices]
+        inputs = [align_views(views, doffs)[0] if aligned else views for views in images]
+        return images, inputs, preprocess_batch(predictor, inputs, batch)
+
+    with contextlib.closing(prefetched(prepare, batches, prefetch)) as prepared:
+        for batch, (images, inputs, xs) in zip(batches, prepared):
+            depths = run_batch(predictor, xs, [views[0].shape[:2] for views in inputs])
+            if aligned:
+                depths = [unalign(depth, stereo_folder.alignment(doffs, views[0].shape[1]), views[0].shape[1])
+                          for depth, views in zip(depths, images)]
+            yield batch, images, depths
 
 
 def predict_files(predictor: DepthPredictor, paths, out_dir, *, input_size=None, batch_size: int = 4,
-                  outputs: Outputs = Outputs(), doffs: float = 0.0) -> None:
+                  outputs: Outputs = Outputs(), doffs: float = 0.0, prefetch: int = PREFETCH_BATCHES) -> None:
     """Write `<out_dir>/<stem>.npy` and the other `outputs` for every input (see the module docstring).
 
     paths: image paths, or (left, right) pairs for a two-view predictor. input_size: a size policy of
     `network_input_shape`; None for the predictor's `default_size`. doffs: the rig's principal-point offset
     (pairs): each pair is aligned as the stereo-folder build aligns it before the network sees it. Inputs,
-    output names and the memory each network input size needs are checked before anything runs.
+    output names and the memory each network input size needs are checked before anything runs. prefetch:
+    batches decoded and preprocessed ahead on a thread while the device runs (0: none); outputs do not depend
+    on it.
     """
     items = [tuple(map(Path, p)) if isinstance(p, (tuple, list)) else (Path(p),) for p in paths]
     if any(len(views) != predictor.views for views in items):
@@ -599,17 +685,142 @@ def predict_files(predictor: DepthPredictor, paths, out_dir, *, input_size=None,
     batches = plan_batches(network_sizes, predictor.default_size if input_size is None else input_size,
                            batch_size, predictor.patch_size)
     check_memory(predictor, batches, items)
-    with tqdm(total=len(items), unit="pair" if predictor.views == 2 else "img", desc="depth") as bar:
-        for batch in batches:
-            images = [[read_image(p) for p in items[i]] for i in batch.indices]
-            inputs = [align_views(views, doffs)[0] if aligned else views for views in images]
-            depths = run_batch(predictor, inputs, batch)
+    results = predict_batches(predictor, batches, lambda i: [read_image(p) for p in items[i]], doffs, prefetch)
+    with contextlib.closing(results), tqdm(total=len(items), unit="pair" if predictor.views == 2 else "img",
+                                           desc="depth") as bar:
+        for batch, images, depths in results:
             for i, views, depth in zip(batch.indices, images, depths):
                 geometry = InputGeometry(network_sizes[i][1] / batch.shape[1], doffs if aligned else 0.0)
-                if aligned:
-                    depth = unalign(depth, stereo_folder.alignment(doffs, sizes[i][1]), sizes[i][1])
                 predictor.save(out_dir, stems[i], depth, views[0], geometry, outputs)
             bar.update(len(batch.indices))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Videos
+# ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+    """A video input: one file of single frames, a left and a right file of the same frame count and size, or
+    one side-by-side file (`sbs`: each frame's left half is the left view, its right half the right one), with
+    its frame count, frame rate and the size of one view (`open_clip`). Its outputs are named after its first
+    file."""
+
+    paths: tuple[Path, ...]
+    info: video.VideoInfo
+    sbs: bool = False
+
+    @property
+    def views(self) -> int:
+        return 2 if self.sbs else len(self.paths)
+
+    def frames(self):
+        """Yield the views of each frame: [(H, W, 3)] float32 RGB in [0, 1], the conversion `read_image` applies
+        to 8-bit images."""
+        with contextlib.ExitStack() as stack:
+            readers = [stack.enter_context(contextlib.closing(video.read_frames(p, self.info.num_frames)))
+                       for p in self.paths]
+            for frames in zip(*readers):
+                yield [rgb_float(f) for f in (np.split(frames[0], 2, axis=1) if self.sbs else frames)]
+
+
+def open_clip(paths, sbs: bool = False) -> Clip:
+    """The clip of one video file, a (left, right) pair of them or a side-by-side one, from the file headers.
+    Raises InputNotFoundError for a missing file and InputError for one that is not a readable video, a pair
+    whose frame counts or sizes differ (naming both files) and a side-by-side video of odd width."""
+    paths = tuple(map(Path, paths))
+    for p in paths:
+        if not p.is_file():
+            raise InputNotFoundError(f"input {p} does not exist")
+    infos = [video.probe(p) for p in paths]
+    if len({(i.num_frames, i.height, i.width) for i in infos}) > 1:
+        raise InputError("the videos of a stereo pair must have the same frame count and size: " + ", ".join(
+            f"{i.path} has {i.num_frames} frames of {i.height}x{i.width}" for i in infos))
+    info = infos[0]
+    if sbs and info.width % 2:
+        raise InputError(f"side-by-side video {info.path} has an odd width ({info.width}); it must split into "
+                         "two views of equal width")
+    return Clip(paths, dataclasses.replace(info, width=info.width // 2) if sbs else info, sbs)
+
+
+def list_clips(paths=(), left=None, right=None, sbs=None) -> list[Clip]:
+    """The clips of --input video files, of --left and --right video files, or of an --sbs video (`open_clip`)."""
+    if sbs:
+        return [open_clip([sbs], sbs=True)]
+    return [open_clip([left, right])] if left else [open_clip([p]) for p in paths]
+
+
+def clip_range(depths) -> tuple[float, float]:
+    """The colour range of a clip without --range: the CLIP_RANGE_PERCENTILES of the finite outputs of all its
+    frames, (F, H, W), taken on every s-th row and column with the smallest s that keeps at most
+    CLIP_RANGE_SAMPLES values (every pixel of a clip up to that size). One range for the whole clip, so that a
+    colour is the same depth in every frame (per-frame min/max would flicker); percentiles, so that a few
+    extreme pixels do not wash out the rest; a fixed grid, so that a clip gets the same range every time."""
+    f, h, w = depths.shape
+    stride = max(1, math.ceil(math.sqrt(f * h * w / CLIP_RANGE_SAMPLES)))
+    values = np.asarray(depths[:, ::stride, ::stride]).ravel()
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return 0.0, 0.0
+    low, high = np.percentile(values, CLIP_RANGE_PERCENTILES)
+    return float(low), float(high)
+
+
+def predict_videos(predictor: DepthPredictor, clips, out_dir, *, input_size=None, batch_size: int = 4,
+                   outputs: Outputs = Outputs(), npz: bool = False, doffs: float = 0.0,
+                   prefetch: int = PREFETCH_BATCHES) -> int:
+    """Write `<out_dir>/<stem>.mp4`, each clip's colour depth video, and with `npz` `<stem>.npz` ("depth":
+    (frames, H, W) float32, `predict_files`' depth maps of every frame); returns the number of frames.
+
+    Frames go through exactly the path of images (`predict_batches`: preprocessing, batches of one compiled
+    shape, resize back, `doffs` alignment), decoded on the prefetch thread. The video is coloured like the PNGs
+    (`colour_image` with outputs.colorbar) on one range for the whole clip: outputs.value_range, else
+    `clip_range`, found after all frames are predicted (their depths wait in a scratch file in `out_dir`),
+    so the model runs once per frame. It has the input's frame rate; odd sides are padded (`video.even`).
+    Output names and memory are checked for every clip before anything runs (files and sizes by `open_clip`).
+    """
+    if any(clip.views != predictor.views for clip in clips):
+        raise InputError(f"a {predictor.kind!r} model in mode {predictor.mode} takes "
+                         + ("stereo videos (--left, --right or --sbs)" if predictor.views == 2 else "single videos"))
+    suffixes = (".mp4", ".npz") if npz else (".mp4",)
+    stems = output_stems([clip.paths[0] for clip in clips], out_dir, suffixes, [p for c in clips for p in c.paths])
+    aligned = doffs != 0 and predictor.views == 2
+    size = predictor.default_size if input_size is None else input_size
+    plans = []
+    for clip in clips:
+        h, w, n = clip.info.height, clip.info.width, clip.info.num_frames
+        network_size = (h, stereo_folder.alignment(doffs, w).width if aligned else w)
+        plans.append(plan_batches([network_size] * n, size, batch_size, predictor.patch_size))
+        check_memory(predictor, plans[-1], [clip.paths] * n)
+    for clip, stem, batches in zip(clips, stems, plans):
+        info = clip.info
+        size = f"{info.height}x{info.width}" if clip.views == 1 else f"two {info.height}x{info.width} views"
+        log.info(f"{clip.paths[0]}: {info.num_frames} frames of {size} at {float(info.rate):.4g} frames/s")
+        value_range = predict_clip(predictor, clip, batches, Path(out_dir), stem, outputs, npz, doffs, prefetch)
+        origin = "--range" if outputs.value_range else "percentiles %g and %g of the clip" % CLIP_RANGE_PERCENTILES
+        log.info(f"{stem}.mp4: colours from {value_range[0]:.4g} to {value_range[1]:.4g} ({origin})")
+    return sum(clip.info.num_frames for clip in clips)
+
+
+def predict_clip(predictor: DepthPredictor, clip: Clip, batches, out_dir: Path, stem: str, outputs: Outputs,
+                 npz: bool, doffs: float, prefetch: int) -> tuple[float, float]:
+    """The outputs of one clip of `predict_videos`; returns its colour range."""
+    info, frames = clip.info, clip.frames()
+    with writing(out_dir), tempfile.TemporaryFile(dir=out_dir) as scratch, contextlib.closing(frames):
+        depths = np.memmap(scratch, np.float32, "w+", shape=(info.num_frames, info.height, info.width))
+        results = predict_batches(predictor, batches, lambda i: next(frames), doffs, prefetch)
+        with contextlib.closing(results), tqdm(total=info.num_frames, unit="frame", desc="depth") as bar:
+            for batch, _, batch_depths in results:
+                depths[list(batch.indices)] = np.stack(batch_depths)
+                bar.update(len(batch.indices))
+        value_range = outputs.value_range or clip_range(depths)
+        colours = dataclasses.replace(outputs, value_range=value_range)
+        with video.VideoWriter(out_dir / f"{stem}.mp4", info.rate) as writer:
+            for depth in tqdm(depths, unit="frame", desc="video"):
+                writer.write(predictor.colour_image(depth, colours))
+        if npz:
+            np.savez(out_dir / f"{stem}.npz", depth=depths)
+    return value_range
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -674,9 +885,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, metavar="DIR",
                         help="converted model directory, or a training run (its workdir or checkpoint directory)")
-    parser.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders")
-    parser.add_argument("--left", type=Path, metavar="PATH", help="left image, or folder of left images")
-    parser.add_argument("--right", type=Path, metavar="PATH", help="right image, or folder of right images")
+    parser.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders, or video files")
+    parser.add_argument("--left", type=Path, metavar="PATH", help="left image or video, or folder of left images")
+    parser.add_argument("--right", type=Path, metavar="PATH",
+                        help="right image or video, or folder of right images")
+    parser.add_argument("--sbs", type=Path, metavar="VIDEO",
+                        help="a side-by-side stereo video: the left view in the left half of each frame")
     parser.add_argument("--mode", choices=TiODepthPredictor.modes,
                         help="TiO-Depth path (default Refine; Stereo for pairs)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
@@ -693,9 +907,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="checkpoint of a training run: latest (default), best, or a step number")
     parser.add_argument("--no-png", action="store_true", help="write no .png colour maps")
     parser.add_argument("--range", nargs=2, type=float, metavar=("MIN", "MAX"), dest="value_range",
-                        help="fixed colour scale of the PNGs: depth in metres (TiO-Depth) or the output's own "
-                             "units (Depth-Anything-V2), instead of each image's min/max")
-    parser.add_argument("--colorbar", action="store_true", help="add a colour bar with units to the PNGs")
+                        help="fixed colour scale of the PNGs and videos: depth in metres (TiO-Depth) or the "
+                             "output's own units (Depth-Anything-V2), instead of each image's min/max (a video's "
+                             "percentiles)")
+    parser.add_argument("--colorbar", action="store_true", help="add a colour bar with units to the PNGs (videos)")
+    parser.add_argument("--npz", action="store_true",
+                        help="videos: also write <stem>.npz, the depth of every frame (frames, H, W)")
     parser.add_argument("--pointcloud", action="store_true",
                         help="also write <stem>.ply, a coloured point cloud (TiO-Depth; needs the intrinsics)")
     parser.add_argument("--calibration", type=Path, metavar="FILE",
@@ -706,20 +923,31 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="random-weight ViT-S on generated images; needs no checkpoint or input")
     args = parser.parse_args(argv)
     pairs = args.left is not None or args.right is not None
-    if args.demo and (args.checkpoint or args.input or pairs or args.mode or args.size):
-        parser.error("--demo takes no --checkpoint, --input, --left, --right, --mode or --size")
-    if not args.demo and not (args.checkpoint and (args.input or pairs)):
-        parser.error("--checkpoint and --input (or --left and --right) are required (or use --demo)")
-    if args.input and pairs:
-        parser.error("give single images with --input or stereo pairs with --left and --right, not both")
+    if args.demo and (args.checkpoint or args.input or pairs or args.sbs or args.mode or args.size):
+        parser.error("--demo takes no --checkpoint, --input, --left, --right, --sbs, --mode or --size")
+    if not args.demo and not (args.checkpoint and (args.input or pairs or args.sbs)):
+        parser.error("--checkpoint and --input (or --left and --right, or --sbs) are required (or use --demo)")
+    if sum(map(bool, (args.input, pairs, args.sbs))) > 1:
+        parser.error("give single images or videos with --input, stereo pairs with --left and --right, or a "
+                     "side-by-side video with --sbs: one of them")
     if pairs and (args.left is None or args.right is None):
         parser.error("stereo pairs need both --left and --right")
-    if pairs:
+    if pairs or args.sbs:
         if args.mode not in (None, "Stereo"):
             parser.error(f"stereo pairs run --mode Stereo, not {args.mode}; give single images with --input")
         args.mode = "Stereo"
     elif args.mode == "Stereo":
-        parser.error("--mode Stereo takes stereo pairs: --left and --right")
+        parser.error("--mode Stereo takes stereo pairs: --left and --right, or --sbs")
+    named = args.input or ([args.left, args.right] if pairs else [])
+    videos = [video.is_video_file(p) for p in named]
+    if any(videos) and not all(videos):
+        parser.error("give video files (" + " ".join(video.VIDEO_EXTENSIONS) + ") or images, not both: "
+                     + ("--input" if args.input else "--left and --right"))
+    args.video = bool(args.sbs) or any(videos)
+    if args.npz and not args.video:
+        parser.error("--npz writes the depth of every frame of a video; give a video")
+    if args.video and (args.no_png or args.pointcloud):
+        parser.error("a video gives a colour video and depth (--npz): --no-png and --pointcloud are for images")
     if args.size is not None and args.input_size is not None:
         parser.error("give --size or --input-size, not both")
     if args.size is not None:
@@ -733,8 +961,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     given = [name for name in ("fx", "fy", "cx", "cy") if getattr(args, name) is not None]
     if given and not args.pointcloud:
         parser.error("--fx --fy --cx --cy give the intrinsics of --pointcloud")
-    if args.calibration and not (args.pointcloud or args.left):
-        parser.error("--calibration aligns stereo pairs (--left, --right) and gives --pointcloud's intrinsics")
+    if args.calibration and not (args.pointcloud or args.left or args.sbs):
+        parser.error("--calibration aligns stereo pairs (--left, --right, --sbs) and gives --pointcloud's "
+                     "intrinsics")
     if args.pointcloud and (bool(args.calibration) == bool(given) or 0 < len(given) < 4):
         parser.error("--pointcloud needs the intrinsics: --calibration FILE or all of --fx --fy --cx --cy")
     if any(getattr(args, name) is not None and getattr(args, name) <= 0 for name in ("fx", "fy")):
@@ -774,19 +1003,26 @@ def run(args: argparse.Namespace) -> None:
         predictor = demo_predictor(dtype or jnp.float32)
         paths = write_demo_inputs(args.out / "demo_inputs")
     else:
-        paths = list_pairs(args.left, args.right) if args.left else list_images(args.input)
+        paths = (list_clips(args.input or (), args.left, args.right, args.sbs) if args.video
+                 else list_pairs(args.left, args.right) if args.left else list_images(args.input))
         predictor = load_predictor(args.checkpoint, dtype, mode=args.mode, which=args.which)
     size = args.size or args.input_size or predictor.default_size
     size_text = (f"input size {size}" if isinstance(size, int) else "size auto" if size == "auto"
                  else f"size {size[0]}x{size[1]}")
     mode = f", mode {predictor.mode}" if predictor.mode else ""
-    print(f"{len(paths)} {'pair' if predictor.views == 2 else 'image'}(s){mode}, {size_text}, "
-          f"batch {args.batch_size}, {args.dtype or 'the trained dtype'}, on {jax.default_backend()} "
-          f"({jax.devices()[0].device_kind})")
-    doffs = stereo_folder.read_calibration(args.calibration).doffs if args.calibration and args.left else 0.0
-    predict_files(predictor, paths, args.out, input_size=size, batch_size=args.batch_size, outputs=outputs,
-                  doffs=doffs)
-    print(f"wrote {len(paths)} depth map(s) to {args.out} in {time.perf_counter() - start:.1f} s "
+    what = "video" if args.video else "pair" if predictor.views == 2 else "image"
+    print(f"{len(paths)} {what}(s){mode}, {size_text}, batch {args.batch_size}, "
+          f"{args.dtype or 'the trained dtype'}, on {jax.default_backend()} ({jax.devices()[0].device_kind})")
+    stereo = args.left or args.sbs
+    doffs = stereo_folder.read_calibration(args.calibration).doffs if args.calibration and stereo else 0.0
+    options = dict(input_size=size, batch_size=args.batch_size, outputs=outputs, doffs=doffs)
+    if args.video:
+        frames = predict_videos(predictor, paths, args.out, npz=args.npz, **options)
+        done = f"{len(paths)} depth video(s) ({frames} frames)"
+    else:
+        predict_files(predictor, paths, args.out, **options)
+        done = f"{len(paths)} depth map(s)"
+    print(f"wrote {done} to {args.out} in {time.perf_counter() - start:.1f} s "
           f"({predictor.num_traces} input shape(s) compiled)")
 
 
