@@ -98,13 +98,14 @@ def attention_implementation(backend: str, dtype) -> str | None:
 def attend(q, k, v):
     """softmax(q k^T / sqrt(hd)) v per head, the softmax in float32: (B, T, heads, hd) x3 -> (B, T, heads, hd).
 
-    In float32 both matmuls run at `Precision.HIGHEST` (see `matmul_precision`); in bfloat16 the XLA path
-    forms the logits in float32 and casts the probabilities back to bfloat16 for probs @ v. The scale
-    multiplies the logits where PyTorch scales q: the same numbers when hd is a power of 4 (64 in every preset).
+    q is scaled before the product, as DINOv2 does. In float32 both matmuls run at `Precision.HIGHEST` (see
+    `matmul_precision`); in bfloat16 the XLA path forms the logits in float32 and casts the probabilities
+    back to bfloat16 for probs @ v.
     """
     implementation = attention_implementation(jax.default_backend(), q.dtype)
+    q = q * q.shape[-1] ** -0.5
     with jax.default_matmul_precision(matmul_precision(q.dtype).name.lower()):
-        return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+        return jax.nn.dot_product_attention(q, k, v, scale=1.0, implementation=implementation)
 
 
 class Attention(nnx.Module):
