@@ -203,7 +203,9 @@ class MFM(nnx.Module):
         def warp_bin(shift):
             gx = shift * dirs + base[None, ..., 0]  # (B, h, w)
             gy = jnp.broadcast_to(base[None, ..., 1], gx.shape)
-            return grid_sample(k, jnp.stack([gx, gy], axis=-1), padding_mode="border", align_corners=True)
+            # concatenate, not jnp.stack: jax 0.10's `stack` primitive has no ONNX lowering in jax2onnx 0.12
+            grid = jnp.concatenate([gx[..., None], gy[..., None]], axis=-1)
+            return grid_sample(k, grid, padding_mode="border", align_corners=True)
 
         return jax.vmap(warp_bin)(shifts)
 
