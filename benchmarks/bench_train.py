@@ -16,6 +16,7 @@ blocks (smoke runs).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import typing
 
 import jax
@@ -33,6 +34,58 @@ from tiodepth_jax.train.optim import active_groups, lr_factors, optimizer
 from tiodepth_jax.train.step import init_state, make_step
 
 
+@dataclasses.dataclass
+class TrainingSetup:
+    """What a training step needs: the model config, the optimiser groups and their update direction, the
+    training state, the VGG19 parameters, the graph definitions and a batch (arrays or, when abstract,
+    `jax.ShapeDtypeStruct`s)."""
+
+    cfg: TiODepthConfig
+    groups: tuple
+    tx: object
+    state: dict
+    vgg_params: object
+    graphdef: object
+    vgg_graphdef: object
+    batch: dict
+
+
+def training_setup(variant: str = "vitb", size=(252, 840), batch: int = 1, dtype=jnp.float32,
+                   remat=False, *, depth: int | None = None, train_encoder: bool = False,
+                   abstract: bool = False) -> TrainingSetup:
+    """Random weights and a generated stereo batch at `size`, the encoder cut to `depth` blocks if given and
+    trained if `train_encoder`; with `abstract`, only their shapes (no initialisation runs, for lowering and
+    compiling)."""
+    cfg = TiODepthConfig(variant=variant, image_size=tuple(size), encoder_depth=depth,
+                         encoder_taps=harness.reduced_taps(variant, depth),
+                         frozen=() if train_encoder else TiODepthConfig.frozen)
+    optim = OptimConfig()
+    groups, tx = optim.groups, optimizer(optim)
+
+    def create():
+        model = TiODepth(cfg, dtype=dtype, remat=remat, rngs=nnx.Rngs(0))
+        vgg = VGG19Features(VGG19Config(), dtype=dtype, rngs=nnx.Rngs(1))
+        return init_state(model, groups, cfg.frozen, tx), nnx.split(vgg)[1]
+
+    state, vgg_params = jax.eval_shape(create) if abstract else jax.jit(create)()
+    graphdef = nnx.split(nnx.eval_shape(lambda: TiODepth(cfg, dtype=dtype, remat=remat, rngs=nnx.Rngs(0))),
+                         nnx.Param, nnx.BatchStat)[0]
+    vgg_graphdef = nnx.graphdef(nnx.eval_shape(lambda: VGG19Features(VGG19Config(), dtype=dtype, rngs=nnx.Rngs(1))))
+    scene = SceneConfig(height=size[0], width=size[1])
+    arrays = make_batch(scene, list(range(batch)))
+    as_input = (lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)) if abstract else jnp.asarray
+    return TrainingSetup(cfg, groups, tx, state, vgg_params, graphdef, vgg_graphdef,
+                         {k: as_input(v) for k, v in arrays.items()})
+
+
+def training_step(setup: TrainingSetup, epoch: int):
+    """(jitted step of the groups active at `epoch`, the groups' learning-rate factors, the active names)."""
+    active = active_groups(setup.groups, epoch)
+    step = jax.jit(make_step(setup.graphdef, setup.vgg_graphdef, setup.groups, active, TRAINING_LOSSES,
+                             setup.cfg.frozen, setup.tx), donate_argnums=(0,))
+    return step, lr_factors(setup.groups, epoch), active
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variant", default="vitb")
@@ -48,38 +101,21 @@ def main(argv=None):
     harness.add_arguments(ap)
     args = ap.parse_args(argv)
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
-    cfg = TiODepthConfig(variant=args.variant, image_size=tuple(args.size), encoder_depth=args.depth,
-                         encoder_taps=harness.reduced_taps(args.variant, args.depth),
-                         frozen=() if args.train_encoder else TiODepthConfig.frozen)
-    optim = OptimConfig()
-    groups, tx = optim.groups, optimizer(optim)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}); random weights; "
           f"{args.variant} {args.size[0]}x{args.size[1]} batch {args.batch} {args.dtype}, encoder "
           f"{'trained' if args.train_encoder else 'frozen'}, remat {args.remat}")
-
-    def create():
-        model = TiODepth(cfg, dtype=dtype, remat=args.remat, rngs=nnx.Rngs(0))
-        vgg = VGG19Features(VGG19Config(), dtype=dtype, rngs=nnx.Rngs(1))
-        return init_state(model, groups, cfg.frozen, tx), nnx.split(vgg)[1]
-
-    state, vgg_params = jax.jit(create)()
-    graphdef = nnx.split(nnx.eval_shape(lambda: TiODepth(cfg, dtype=dtype, remat=args.remat, rngs=nnx.Rngs(0))),
-                         nnx.Param, nnx.BatchStat)[0]
-    vgg_graphdef = nnx.graphdef(nnx.eval_shape(lambda: VGG19Features(VGG19Config(), dtype=dtype, rngs=nnx.Rngs(1))))
-    scene = SceneConfig(height=args.size[0], width=args.size[1])
-    batch = {k: jnp.asarray(v) for k, v in make_batch(scene, list(range(args.batch))).items()}
+    setup = training_setup(args.variant, tuple(args.size), args.batch, dtype, args.remat, depth=args.depth,
+                           train_encoder=args.train_encoder)
+    state = setup.state
     for epoch in args.epochs:
-        active = active_groups(groups, epoch)
-        step = jax.jit(make_step(graphdef, vgg_graphdef, groups, active, TRAINING_LOSSES, cfg.frozen, tx),
-                       donate_argnums=(0,))
-        factors = lr_factors(groups, epoch)
-        compiled, compile_s = harness.aot_compile(step, state, vgg_params, batch, factors)
+        step, factors, active = training_step(setup, epoch)
+        compiled, compile_s = harness.aot_compile(step, state, setup.vgg_params, setup.batch, factors)
         temp = compiled.memory_analysis().temp_size_in_bytes / 2**30
         metrics = None
 
         def call():  # one iteration; the state it donates is replaced by the one it returns
             nonlocal state, metrics
-            state, metrics = compiled(state, vgg_params, batch, factors)
+            state, metrics = compiled(state, setup.vgg_params, setup.batch, factors)
             return state, metrics
 
         times = harness.time_calls(call, iters=args.iters, warmup=args.warmup)

@@ -1,0 +1,95 @@
+"""Lower and compile seconds of the training steps and the inference paths (not a test).
+
+    python -m benchmarks.bench_compile                         # every workload
+    python -m benchmarks.bench_compile --workloads train-31 tio-refine
+
+Workloads: the training step of each active-group set (train-1, train-21, train-31: epochs 1, 21, 31 of the
+schedule, DINOv2-B at 252x840, batch 1, float32, built as in `bench_train`), Depth-Anything-V2 ViT-S at
+518x518 (dav2-vits) and the TiO-Depth Mono / Stereo / Refine inference at 252x840 (tio-mono, tio-stereo,
+tio-refine: the forwards `predict` runs). Arguments are abstract (shapes only): nothing is initialised or run.
+
+For each workload: `lower` = trace and lower to StableHLO (`jax.jit(f).lower(...)`), `compile` = XLA's
+compilation of that module (`.compile()`), each in wall seconds and in CPU seconds of this process (all
+threads), which depend less on other work on the machine. The persistent compilation cache is off. Prints
+the load average, a table, then one JSON line per workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from benchmarks.bench_train import training_setup, training_step
+from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
+from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
+from tiodepth_jax.predict import DepthPredictor, TiODepthPredictor
+
+TRAIN_EPOCHS = (1, 21, 31)
+TIO_MODES = ("Mono", "Stereo", "Refine")
+WORKLOADS = (*(f"train-{e}" for e in TRAIN_EPOCHS), "dav2-vits", *(f"tio-{m.lower()}" for m in TIO_MODES))
+
+
+def lowering(workload: str, size: tuple[int, int], dav2_size: int):
+    """A function that traces and lowers `workload` on abstract arguments, returning the `jax.stages.Lowered`."""
+    if workload.startswith("train-"):
+        setup = training_setup(size=size, abstract=True)
+        step, factors, _ = training_step(setup, int(workload.split("-")[1]))
+        return lambda: step.lower(setup.state, setup.vgg_params, setup.batch, factors)
+    if workload == "dav2-vits":
+        model = nnx.eval_shape(lambda: DepthAnythingV2(DepthAnythingV2Config.preset("vits"), rngs=nnx.Rngs(0)))
+        predictor = DepthPredictor(model)
+        image = jax.ShapeDtypeStruct((1, dav2_size, dav2_size, 3), jnp.float32)
+        return lambda: predictor.lower(image)
+    mode = {m.lower(): m for m in TIO_MODES}[workload.split("-")[1]]
+    model = nnx.eval_shape(lambda: TiODepth(TiODepthConfig(image_size=size), rngs=nnx.Rngs(0)))
+    predictor = TiODepthPredictor(model, mode=mode)
+    image = jax.ShapeDtypeStruct((1, *size, 3), jnp.float32)
+    return lambda: predictor.lower(*[image] * predictor.views)
+
+
+def timed(fn):
+    """(result, wall seconds, process CPU seconds) of fn()."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def measure(workload: str, size: tuple[int, int], dav2_size: int) -> dict:
+    lower = lowering(workload, size, dav2_size)
+    lowered, lower_s, lower_cpu_s = timed(lower)
+    _, compile_s, compile_cpu_s = timed(lowered.compile)
+    return {"workload": workload, "lower_s": round(lower_s, 2), "compile_s": round(compile_s, 2),
+            "lower_cpu_s": round(lower_cpu_s, 2), "compile_cpu_s": round(compile_cpu_s, 2)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=WORKLOADS)
+    ap.add_argument("--size", type=int, nargs=2, default=(252, 840), metavar=("H", "W"),
+                    help="training and TiO-Depth inference size (default 252 840)")
+    ap.add_argument("--dav2-size", type=int, default=518)
+    args = ap.parse_args(argv)
+    jax.config.update("jax_enable_compilation_cache", False)
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}), "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
+    print(f"{'workload':12s} {'lower s':>8s} {'compile s':>10s} {'lower cpu-s':>12s} {'compile cpu-s':>14s}", flush=True)
+    results = []
+    for workload in args.workloads:
+        r = measure(workload, tuple(args.size), args.dav2_size)
+        results.append(r)
+        print(f"{workload:12s} {r['lower_s']:8.2f} {r['compile_s']:10.2f} {r['lower_cpu_s']:12.2f} "
+              f"{r['compile_cpu_s']:14.2f}", flush=True)
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+    for r in results:
+        print(json.dumps(r))
+
+
+if __name__ == "__main__":
+    main()
