@@ -1,7 +1,8 @@
-"""Graph export (`python -m tiodepth_jax.export`): Depth-Anything-V2 and the three TiO-Depth paths, each at two
-sizes, to ONNX and StableHLO with a symbolic batch; the files run in onnxruntime's CPU provider and through
-`jax.export.deserialize` and agree with the jitted JAX predictor (relative L2 <= 1e-5, float32) at two batch
-sizes. Also: a bfloat16 StableHLO graph of a training run, the errors, and the command line as a process."""
+"""Graph export (`python -m tiodepth_jax.export`): Depth-Anything-V2 (tiny, and the weights of a reduced-depth
+parity set, also against PyTorch) and the three TiO-Depth paths, each at two sizes, to ONNX and StableHLO with a
+symbolic batch; the files run in onnxruntime's CPU provider and through `jax.export.deserialize` and agree with
+the jitted JAX predictor (relative L2 <= 1e-5, float32) at two batch sizes. Also: a bfloat16 StableHLO graph of
+a training run, the errors, and the command line as a process."""
 
 import subprocess
 import sys
@@ -10,10 +11,12 @@ import jax
 import numpy as np
 import pytest
 
+from convert.depth_anything_v2 import convert_state_dict
+from tests.parity import FIXTURES_DIR, FixtureSet
 from tests.test_predict import tio_run, tiny_model, tiny_tio  # noqa: F401  (tio_run: a fixture)
 from tiodepth_jax import export
 from tiodepth_jax.checkpoint import load, save_model
-from tiodepth_jax.predict import IMAGENET_MEAN, IMAGENET_STD, PREDICTORS
+from tiodepth_jax.predict import IMAGENET_MEAN, IMAGENET_STD, PREDICTORS, DepthPredictor
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -22,8 +25,9 @@ BATCHES = (2, 1)  # the symbolic batch at two sizes; the reference runs the firs
 # XLA:CPU without its LLVM optimisations compiles these graphs ~3x faster (tiny Stereo: 14 -> 4 CPU-s); the JAX
 # reference and the StableHLO modules are compiled alike, so the comparison is of the graphs.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
+FIXTURE_SET, FIXTURE_SIZE = "dav2_vitl_d4", "70x98"  # Depth-Anything-V2 weights of a reduced-depth parity set
 CASES = [  # (kind, mode, network size): two sizes per path; Stereo's second width rescales the MFM's bin shifts
-    ("depth_anything_v2", None, (28, 42)), ("depth_anything_v2", None, (42, 28)),
+    ("depth_anything_v2", None, (28, 42)),  # and the fixture set's 70x98, below
     ("tiodepth", "Mono", (28, 56)), ("tiodepth", "Mono", (42, 70)),
     ("tiodepth", "Refine", (28, 56)), ("tiodepth", "Refine", (42, 70)),
     ("tiodepth", "Stereo", (28, 56)), ("tiodepth", "Stereo", (42, 70)),
@@ -64,38 +68,59 @@ def models(checkpoints):
     return {kind: load(path).model for kind, path in checkpoints.items()}
 
 
-@pytest.mark.parametrize("kind, mode, size", CASES, ids=[f"{k}-{m}-{h}x{w}" for k, m, (h, w) in CASES])
-def test_exported_graphs_match_the_jax_model(kind, mode, size, models, tmp_path):
-    predictor = PREDICTORS[kind](models[kind], mode=mode)
-    graph = export.inference_graph(models[kind], predictor, size, batch=None)
+def check_graphs(model, predictor, views, tmp_path, stablehlo_batches=BATCHES[1:]) -> dict:
+    """Export the predictor's forward with a symbolic batch to both formats and run the files on `views`
+    ((BATCHES[0], H, W, 3) RGB in [0, 1] per view) and their first rows: onnxruntime at both batch sizes,
+    StableHLO at `stablehlo_batches` (each compiles the module anew: ~4 CPU-s for Stereo). Returns their
+    depth maps by (format, batch) and asserts each is within TOLERANCE of the jitted predictor's."""
+    size = views[0].shape[1:3]
+    graph = export.inference_graph(model, predictor, size, batch=None)
     onnx_file, = export.write_onnx(graph, tmp_path / "model.onnx")
     stablehlo_file, = export.write_stablehlo(graph, tmp_path / "model.stablehlo")
-
-    rng = np.random.default_rng(0)
-    views = [rng.random((BATCHES[0], *size, 3), np.float32) for _ in range(predictor.views)]
-    normalised = [(v - IMAGENET_MEAN) / IMAGENET_STD for v in views] if kind == "depth_anything_v2" else views
+    normalised = [(v - IMAGENET_MEAN) / IMAGENET_STD for v in views] if predictor.kind == "depth_anything_v2" else views
     reference = reference_depth(predictor, *normalised)
 
     session = onnx_session(onnx_file)
-    assert [i.name for i in session.get_inputs()] == list(export.input_names(predictor.views))
+    names = export.input_names(predictor.views)
+    assert [i.name for i in session.get_inputs()] == list(names)
     assert session.get_inputs()[0].shape == [export.BATCH_NAME, *size, 3]
     assert [o.name for o in session.get_outputs()] == ["depth"]
     exported = jax.export.deserialize(stablehlo_file.read_bytes())  # no project code needed from here
     assert str(exported.in_avals[0].shape[0]) == export.BATCH_NAME
-    errors = {}
-    for batch in BATCHES:
-        inputs = [v[:batch] for v in views]
-        onnx_depth, = session.run(None, dict(zip(export.input_names(predictor.views), inputs)))
-        assert onnx_depth.shape == (batch, *size)
-        errors[f"onnx, batch {batch}"] = rel_l2(onnx_depth, reference[:batch])
-    # Each batch size compiles a module anew (~4 CPU-s for Stereo): the Depth-Anything-V2 modules run both, the
-    # TiO-Depth ones the batch that differs from the reference's.
-    for batch in BATCHES if kind == "depth_anything_v2" else BATCHES[1:]:
-        module_depth = stablehlo_depth(exported, *[v[:batch] for v in views])
-        assert module_depth.shape == (batch, *size)
-        errors[f"stablehlo, batch {batch}"] = rel_l2(module_depth, reference[:batch])
-    print(f"{kind} {mode or ''} {size}: relative L2 " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
+    depths = {("onnx", b): session.run(None, dict(zip(names, [v[:b] for v in views])))[0] for b in BATCHES}
+    depths.update({("stablehlo", b): stablehlo_depth(exported, *[v[:b] for v in views]) for b in stablehlo_batches})
+    errors = {key: rel_l2(depth, reference[:key[1]]) for key, depth in depths.items()}
+    print(f"{predictor.kind} {predictor.mode or ''} {size}: relative L2 "
+          + ", ".join(f"{fmt} batch {b} {e:.1e}" for (fmt, b), e in errors.items()))
+    assert all(depth.shape == (b, *size) for (_, b), depth in depths.items())
     assert max(errors.values()) <= TOLERANCE, errors
+    return depths
+
+
+@pytest.mark.parametrize("kind, mode, size", CASES, ids=[f"{k}-{m}-{h}x{w}" for k, m, (h, w) in CASES])
+def test_exported_graphs_match_the_jax_model(kind, mode, size, models, tmp_path):
+    predictor = PREDICTORS[kind](models[kind], mode=mode)
+    rng = np.random.default_rng(0)
+    views = [rng.random((BATCHES[0], *size, 3), np.float32) for _ in range(predictor.views)]
+    check_graphs(models[kind], predictor, views, tmp_path, BATCHES if kind == "depth_anything_v2" else BATCHES[1:])
+
+
+def test_depth_anything_v2_with_fixture_weights(tmp_path):
+    """The reduced-depth ViT-L parity set (4 blocks, 314 MiB of weights, peaked attention): the graphs follow the
+    JAX model, and the ONNX depth the PyTorch original's within the set's tolerance."""
+    meta = FIXTURES_DIR / f"{FIXTURE_SET}.json"
+    if not meta.is_file():
+        pytest.skip(f"no parity fixture set {FIXTURE_SET} in {FIXTURES_DIR}")
+    fixture = FixtureSet(meta)
+    cfg = fixture.meta["config"]
+    model, _ = convert_state_dict(fixture.state_dict(), variant=cfg["constructor_args"]["encoder"],
+                                  taps=tuple(cfg["intermediate_layer_idx"]))
+    image = fixture.whole(f"{FIXTURE_SIZE}/input").transpose(0, 2, 3, 1) * IMAGENET_STD + IMAGENET_MEAN  # in [0, 1]
+    views = [np.concatenate([image, image[:, :, ::-1]]).astype(np.float32)]  # a batch of 2: the input, mirrored
+    depths = check_graphs(model, DepthPredictor(model), views, tmp_path)
+    comparison = fixture.compare(f"{FIXTURE_SIZE}/depth", depths["onnx", 1])
+    print(f"onnx vs PyTorch: relative L2 {comparison.rel_l2:.1e} (tolerance {comparison.tol:.1e})")
+    assert comparison.ok, comparison
 
 
 def test_bfloat16_stablehlo_of_a_training_run(tio_run, tmp_path, capsys):
