@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.hlo import largest_constant
-from tiodepth_jax.ops.resize import interpolate_bicubic, interpolate_bilinear, interpolate_nearest
+from tiodepth_jax.ops.resize import interpolate_bicubic, interpolate_bilinear, interpolate_nearest, pad_hw
 
 ATOL = 1e-5
 
@@ -189,3 +189,22 @@ def test_gradient_is_not_evaluated_at_compile_time(fn, kwargs):
     compiled = jax.jit(jax.grad(lambda a: jnp.sum(fn(a, **kwargs)))).lower(x).compile()
     longest_table = max(12, 20, *jax.eval_shape(functools.partial(fn, **kwargs), x).shape[1:3])
     assert largest_constant(compiled) <= longest_table
+
+
+@pytest.mark.parametrize("mode,torch_mode", [("reflect", "reflect"), ("edge", "replicate")])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 2, 9, 1)])
+def test_pad_hw_matches_torch(mode, torch_mode, shape):
+    """Values are exact copies; the input gradient sums the same terms as PyTorch's."""
+    x = _random(shape, seed=6)
+    xt = _to_torch(x).requires_grad_()
+    out_t = F.pad(xt, (1, 1, 1, 1), mode=torch_mode)
+    cotangent = _random(_to_nhwc(out_t).shape, seed=7)
+    out_t.backward(_to_torch(cotangent))
+    out, vjp = jax.vjp(lambda a: pad_hw(a, mode), jnp.asarray(x))
+    np.testing.assert_array_equal(np.asarray(out), _to_nhwc(out_t))
+    _assert_close(vjp(jnp.asarray(cotangent))[0], _to_nhwc(xt.grad))
+
+
+def test_pad_hw_rejects_other_modes():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        pad_hw(jnp.zeros((1, 4, 4, 1)), "constant")

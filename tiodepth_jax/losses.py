@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tiodepth_jax.ops.resize import pad_hw
+
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
 SMOOTH_RGB_OFFSET = (0.411, 0.432, 0.45)  # added to the image before the gray conversion (SmoothLoss)
@@ -38,11 +40,6 @@ def _check_rates(what: str, **rates: float) -> None:
     total = sum(float(r) for r in rates.values())
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"{what}: the rates {rates} must sum to 1 (they sum to {total})")
-
-
-def _pad_hw(x: jax.Array, mode: str) -> jax.Array:
-    """Pad H and W of an NHWC array by 1 on each side ('reflect' = ReflectionPad2d, 'edge' = ReplicationPad2d)."""
-    return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode=mode)
 
 
 def _avg_pool3(x: jax.Array) -> jax.Array:
@@ -64,7 +61,7 @@ def ssim(x: jax.Array, y: jax.Array) -> jax.Array:
     """Monodepth2's SSIM dissimilarity per pixel and channel, clamp((1 - SSIM) / 2, 0, 1), same shape as x.
 
     Both images are reflection-padded by 1; means, variances and covariance come from 3x3 average pooling."""
-    x, y = _pad_hw(x, "reflect"), _pad_hw(y, "reflect")
+    x, y = pad_hw(x, "reflect"), pad_hw(y, "reflect")
     mu_x, mu_y = _avg_pool3(x), _avg_pool3(y)
     sigma_x = _avg_pool3(x**2) - mu_x**2
     sigma_y = _avg_pool3(y**2) - mu_y**2
@@ -104,7 +101,7 @@ def smooth_loss(disp: jax.Array, image: jax.Array | None = None, *, gamma_rate: 
     constructor defaults are False (`LossTerm.from_dict` fills those in for the yaml form)."""
     if relative_smo:
         disp = disp / (jnp.mean(jnp.mean(disp, axis=1, keepdims=True), axis=2, keepdims=True) + 1e-7)
-    c, left, right, up, down = _shifts(_pad_hw(disp, "edge"))
+    c, left, right, up, down = _shifts(pad_hw(disp, "edge"))
     grad_w = jnp.abs(c - left)
     grad_h = jnp.abs(c - up)
     if more_kernel:
@@ -118,7 +115,7 @@ def smooth_loss(disp: jax.Array, image: jax.Array | None = None, *, gamma_rate: 
     if gray_img:
         r, g, b = GRAY_WEIGHTS
         img = (r * img[..., 0] + g * img[..., 1] + b * img[..., 2])[..., None]
-    ic, il, ir, iu, id_ = _shifts(_pad_hw(img, "edge"))
+    ic, il, ir, iu, id_ = _shifts(pad_hw(img, "edge"))
     if more_kernel:
         img_w = 2 * ic - il - ir
         img_h = 2 * ic - iu - id_
@@ -137,7 +134,7 @@ def grad_loss(pred: jax.Array, target: jax.Array, *, t_grad: float = 0.0) -> jax
     target = jax.lax.stop_gradient(target)
 
     def grads(x):
-        c, left, _, up, _ = _shifts(_pad_hw(x, "edge"))
+        c, left, _, up, _ = _shifts(pad_hw(x, "edge"))
         return (jnp.mean(jnp.abs(c - left), axis=-1, keepdims=True),
                 jnp.mean(jnp.abs(c - up), axis=-1, keepdims=True))
 

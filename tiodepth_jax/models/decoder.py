@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tiodepth_jax.models.dinov2 import matmul_precision
-from tiodepth_jax.ops.resize import interpolate_nearest
+from tiodepth_jax.ops.resize import interpolate_nearest, pad_hw
 from tiodepth_jax.ops.warp import grid_sample, identity_grid
 
 DECODER_NAME = "StereoDecV9-3-2-1_3_2_1*MFM*FinalBranch*SDFARaw"
@@ -77,7 +77,7 @@ class Conv3x3(nnx.Module):
                              precision=matmul_precision(dtype), rngs=rngs)
 
     def __call__(self, x):
-        return self.conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect"))
+        return self.conv(pad_hw(x, "reflect"))
 
 
 class ConvBlock(nnx.Module):

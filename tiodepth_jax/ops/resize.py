@@ -1,4 +1,5 @@
-"""Resizing that reproduces ``torch.nn.functional.interpolate`` (antialias=False) on NHWC arrays.
+"""Resizing that reproduces ``torch.nn.functional.interpolate`` (antialias=False) on NHWC arrays, and
+one-pixel reflection and replication padding (``pad_hw``) by the same means.
 
 Reference: PyTorch ``aten/src/ATen/native/UpSample.h`` and ``native/cpu/UpSampleKernel.cpp`` (the
 NCHW-contiguous float32 CPU kernels).
@@ -75,6 +76,25 @@ def interpolate_nearest(x, *, size=None, scale_factor=None):
     x: (B, H, W, C) -> (B, out_h, out_w, C).
     """
     return _resample(x, size, scale_factor, _nearest_taps)
+
+
+_PAD_MODES = ("reflect", "edge")
+
+
+def pad_hw(x, mode):
+    """``jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode)`` for 'reflect' (``nn.ReflectionPad2d(1)``) and 'edge'
+    (``nn.ReplicationPad2d(1)``): (B, H, W, C) -> (B, H + 2, W + 2, C).
+
+    The same index-table gathers as the resizes (width, then height), with the source pixel of each padded
+    row and column from ``np.pad`` of the indices: exact copies, like ``jnp.pad``, whose concatenations
+    compile to kernels several times larger, and their gradients too.
+    """
+    if mode not in _PAD_MODES:
+        raise ValueError(f"mode must be one of {_PAD_MODES}, got {mode!r}")
+    for axis in (_W_AXIS, _H_AXIS):
+        source = np.pad(np.arange(x.shape[axis], dtype=np.int32), 1, mode=mode)
+        x = _apply_taps(x, axis, ((source, None),))
+    return x
 
 
 def _resample(x, size, scale_factor, taps_fn):
