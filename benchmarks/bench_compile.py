@@ -7,6 +7,8 @@ Workloads: the training step of each active-group set (train-1, train-21, train-
 schedule, DINOv2-B at 252x840, batch 1, float32, built as in `bench_train`), Depth-Anything-V2 ViT-S at
 518x518 (dav2-vits) and the TiO-Depth Mono / Stereo / Refine inference at 252x840 (tio-mono, tio-stereo,
 tio-refine: the forwards `predict` runs). Arguments are abstract (shapes only): nothing is initialised or run.
+The parts of the epoch-31 step can be compiled alone: train-31-stage1/2/3 (the loss and gradient of one stage,
+on the outputs of the stages before it) and train-31-updates (the three groups' optimiser updates).
 
 For each workload: `lower` = trace and lower to StableHLO (`jax.jit(f).lower(...)`), `compile` = XLA's
 compilation of that module (`.compile()`), each in wall seconds and in CPU seconds of this process (all
@@ -25,18 +27,53 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from benchmarks.bench_train import training_setup, training_step
+from benchmarks.bench_train import TrainingSetup, training_setup, training_step
+from tiodepth_jax.losses import TRAINING_LOSSES
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
 from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
 from tiodepth_jax.predict import DepthPredictor, TiODepthPredictor
+from tiodepth_jax.train.optim import active_groups, apply_update, group_filter, lr_factors, lr_tree
+from tiodepth_jax.train.step import stage_loss
 
 TRAIN_EPOCHS = (1, 21, 31)
 TIO_MODES = ("Mono", "Stereo", "Refine")
 WORKLOADS = (*(f"train-{e}" for e in TRAIN_EPOCHS), "dav2-vits", *(f"tio-{m.lower()}" for m in TIO_MODES))
+STEP_PARTS = ("train-31-stage1", "train-31-stage2", "train-31-stage3", "train-31-updates")
+
+
+def step_part_lowering(setup: TrainingSetup, part: str):
+    """A function lowering one part of the epoch-31 step (see the module docstring) on abstract arguments."""
+    names = active_groups(setup.groups, 31)
+    groups, factors = dict(setup.groups), lr_factors(setup.groups, 31)
+    params, stats, outputs = setup.state["params"], setup.state["batch_stats"], {}
+    splits, stage_args = [], []
+    for k, name in enumerate(names):
+        params_g, params_rest = nnx.split_state(params, group_filter(groups[name], setup.cfg.frozen), ...)
+
+        def loss(params_g, params_rest, stats, batch, outputs, vgg_params, k=k, name=name):
+            vgg = nnx.merge(setup.vgg_graphdef, vgg_params)
+            return stage_loss(setup.graphdef, vgg, TRAINING_LOSSES, k, name)(params_g, params_rest, stats, batch,
+                                                                           outputs)
+
+        args = (params_g, params_rest, stats, setup.batch, outputs, setup.vgg_params)
+        splits.append(params_g)
+        stage_args.append((loss, args))
+        _, (outputs, _, stats) = jax.eval_shape(loss, *args)
+    if part == "train-31-updates":
+        def updates(params, grads, opt, factors):
+            return [apply_update(setup.tx, params[n], grads[n], opt[n],
+                                 lr_tree(params[n], groups[n], setup.cfg.frozen, factors[n]), jnp.bool_(True))
+                    for n in names]
+        params_by_group = dict(zip(names, splits))
+        return lambda: jax.jit(updates).lower(params_by_group, params_by_group, setup.state["opt"], factors)
+    loss, args = stage_args[int(part[-1]) - 1]
+    return lambda: jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(*args)
 
 
 def lowering(workload: str, size: tuple[int, int], dav2_size: int):
     """A function that traces and lowers `workload` on abstract arguments, returning the `jax.stages.Lowered`."""
+    if workload in STEP_PARTS:
+        return step_part_lowering(training_setup(size=size, abstract=True), workload)
     if workload.startswith("train-"):
         setup = training_setup(size=size, abstract=True)
         step, factors, _ = training_step(setup, int(workload.split("-")[1]))
@@ -70,7 +107,7 @@ def measure(workload: str, size: tuple[int, int], dav2_size: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workloads", nargs="+", choices=WORKLOADS, default=WORKLOADS)
+    ap.add_argument("--workloads", nargs="+", choices=WORKLOADS + STEP_PARTS, default=WORKLOADS)
     ap.add_argument("--size", type=int, nargs=2, default=(252, 840), metavar=("H", "W"),
                     help="training and TiO-Depth inference size (default 252 840)")
     ap.add_argument("--dav2-size", type=int, default=518)
