@@ -18,6 +18,7 @@ import pytest
 
 from tests.parity import FixtureSet, nchw, rel_l2, tio_params
 from tests.parity_tio import OCC_MARGIN
+from tests.pytorch_grid import grid_in_pytorch_order, in_view_in_pytorch_order
 from tiodepth_jax.ops import geometry as G
 
 # Exact camera: K = [[F, 0, CX], [0, F, CY], [0, 0, 1]], baseline B_; image H x W with W - 1, H - 1 powers of 2.
@@ -83,26 +84,6 @@ def test_project_image_constant_disparity_is_a_shift(s):
     assert no_mask is None
 
 
-def _grid_in_pytorch_order(depth, inv_K, T, K):
-    """DepthProjector's grid in numpy float32, whose ufuncs neither fuse nor reassociate: every ``matmul`` the
-    k-ascending sum of rounded products (PyTorch's CPU ``bmm``), IEEE divisions, in the original's order."""
-    b, h, w, _ = depth.shape
-
-    def bmm(a, x):
-        out = a[:, :, :1] * x[:, :1]
-        for k in range(1, a.shape[2]):
-            out = out + a[:, :, k:k + 1] * x[:, k:k + 1]
-        return out
-
-    xs, ys = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32), indexing="xy")
-    pix = np.stack([xs.ravel(), ys.ravel(), np.ones(h * w, np.float32)])[None]
-    points = depth.reshape(b, 1, h * w) * bmm(inv_K[:, :3, :3], pix)
-    p = bmm(bmm(K, T)[:, :3], np.concatenate([points, np.ones((b, 1, h * w), np.float32)], 1))
-    uv = p[:, :2] / (p[:, 2:] + np.float32(1e-8))
-    grid = (uv / np.float32([w - 1, h - 1])[None, :, None] - np.float32(0.5)) * np.float32(2)
-    return grid.reshape(b, 2, h, w).transpose(0, 2, 3, 1)
-
-
 def test_grid_is_pytorch_arithmetic_bit_for_bit():
     """Skewed intrinsics, a rotation and a 3D translation, random depths: the grid equals PyTorch's float32
     arithmetic bit for bit, jitted and in a loop body (where the discrete warp computes its bin grids)."""
@@ -116,10 +97,57 @@ def test_grid_is_pytorch_arithmetic_bit_for_bit():
     K, T = np.repeat(k[None], 2, 0), np.repeat(t[None], 2, 0)
     inv_K = np.linalg.inv(K.astype(np.float64)).astype(np.float32)
     depth = rng.uniform(0.5, 80, (3, 2, 13, 29, 1)).astype(np.float32)
-    expected = [_grid_in_pytorch_order(d, inv_K, T, K) for d in depth]
+    expected = [grid_in_pytorch_order(d, inv_K, T, K) for d in depth]
     np.testing.assert_array_equal(jax.jit(G.depth_to_grid)(depth[0], inv_K, T, K), expected[0])
     looped = jax.jit(lambda ds: jax.lax.map(lambda d: G.depth_to_grid(d, inv_K, T, K), ds))(depth)
     np.testing.assert_array_equal(looped, np.stack(expected))
+
+
+def test_numpy_grid_is_torch_bit_for_bit():
+    """The numpy statement (tests.pytorch_grid, the reference of the fixture tests' in-view masks) equals
+    DepthProjector's arithmetic run in torch itself (spec §2.7: matmul, scale by depth, matmul by (K @ T)[:3],
+    divide by z + 1e-8, divide x and y by W-1 and H-1, (g - 0.5) * 2), grid and in-view mask bit for bit: on the
+    fixtures' camera (KITTI K scaled to 1.5x the 84x280 crop, T[0,3] = -+0.54), where rows 0 and H-1 are decided
+    by rounding, and on a skewed, rotated one."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    h, w = 84, 280
+    kitti = np.float64([[721.54, 0, 609.56, 0], [0, 721.54, 172.85, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    kitti[0] *= 1.5 * w / 1242
+    kitti[1] *= 1.5 * h / 375
+    skewed = np.eye(4)
+    skewed[:2, :3] = [[41.3, 0.7, 15.1], [0, 39.9, 6.2]]
+    rot = np.eye(4)
+    rot[[0, 0, 2, 2], [0, 2, 0, 2]] = np.cos(0.05), np.sin(0.05), -np.sin(0.05), np.cos(0.05)
+    rot[:3, 3] = [-0.54, 0.02, 0.1]
+    shift = [np.eye(4), np.eye(4)]
+    shift[0][0, 3], shift[1][0, 3] = -0.54, 0.54
+    masks = []
+    for k, t in ((kitti, np.stack(shift)), (skewed, np.stack([rot, rot]))):
+        K = np.repeat(k[None], 2, 0).astype(np.float32)
+        inv_K = np.linalg.pinv(K.astype(np.float64)).astype(np.float32)
+        T = t.astype(np.float32)
+        depth = np.exp(rng.uniform(np.log(1.5), np.log(200), (2, h, w, 1))).astype(np.float32)
+
+        xs, ys = np.meshgrid(range(w), range(h), indexing="xy")
+        pix = torch.from_numpy(np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)]).astype(np.float32))[None]
+        K_t, inv_K_t, T_t = map(torch.from_numpy, (K, inv_K, T))
+        cam = torch.from_numpy(depth).view(2, 1, -1) * torch.matmul(inv_K_t[:, :3, :3], pix)
+        cam = torch.cat([cam, torch.ones(2, 1, h * w)], 1)
+        pts = torch.matmul(torch.matmul(K_t, T_t)[:, :3, :], cam)
+        uv = (pts[:, :2, :] / (pts[:, 2, :].unsqueeze(1) + 1e-8)).view(2, 2, h, w).permute(0, 2, 3, 1).clone()
+        uv[..., 0] /= w - 1
+        uv[..., 1] /= h - 1
+        grid_t = (uv - 0.5) * 2
+        mask_t = torch.min(((grid_t >= -1) & (grid_t <= 1)).to(torch.float), dim=3, keepdim=True)[0]
+
+        np.testing.assert_array_equal(grid_in_pytorch_order(depth, inv_K, T, K), grid_t.numpy())
+        masks.append(in_view_in_pytorch_order(depth, inv_K, T, K))
+        np.testing.assert_array_equal(masks[-1], mask_t.numpy())
+    # fixtures' camera: the exact y of rows 0 and H-1 is on the border, rounding puts some pixels in view, some not
+    in_view = masks[0][:, [0, -1], 10:-10].mean()
+    print(f"\n[geometry] fixtures' camera, random depths: {in_view:.1%} of rows 0 and H-1 in view")
+    assert 0.05 < in_view < 0.95
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -390,8 +418,10 @@ def test_fixture_stage2_masks_and_projections(tio):
 
     # mono_occ_mask_s: thresholded (> 0.8), at most ~0.1 % flips expected (on the stored elements or samples)
     occ_frac, occ_flips, n_occ = tio.flip_fraction("train/stage2/mono_occ_mask_s", nchw(occ))
-    # edge_mask_s: our grid is PyTorch's arithmetic bit for bit, so from the reference's depth every pixel matches.
-    # On rows 0 and H-1 rounding decides (fixtures README): from our own depth they follow its last bits, left out.
+    # edge_mask_s: our grid is PyTorch's arithmetic bit for bit (on every row, whatever the depth), so from the
+    # reference's depth every pixel matches. On rows 0 and H-1 rounding decides (fixtures README): from our own
+    # depth (the reference's stored sampled) they follow its last bits, and are compared in tests/parity_tio.py.
+    np.testing.assert_array_equal(edge, in_view_in_pytorch_order(mono_depth, x["inv_K"], x["T"], x["K"]))
     shape = tio.shape("train/stage2/edge_mask_s")
     rows = np.ones(shape, bool) if r1 else _inner_rows(shape)
     _, edge_flips, n_edge = tio.flip_fraction("train/stage2/edge_mask_s", nchw(edge), keep=rows)
