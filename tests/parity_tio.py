@@ -34,8 +34,9 @@ FINAL = {"depth,s": "depth", "disp,s": "disp", "rawdepth": "depth", "rawdisp": "
 # * our mask (from the full jitted stage 2) equals PyTorch's arithmetic (tests.pytorch_grid) on our own mono depth
 #   on every pixel, and PyTorch's arithmetic on the reference's depth gives the stored mask at every stored element
 #   where that depth is stored too: so a flip can only be at a pixel whose depth differs from the reference's;
-# * where our depth is the reference's bit for bit, and on rows 1..H-2, at most MAX_FLIPS flip (none in the
-#   in-view masks; invalid_mask_s also holds mono_occ_mask_s's threshold flips);
+# * on rows 0 and H-1 where our depth is the reference's bit for bit, no flip (invalid_mask_s: at most MAX_FLIPS, as
+#   it also holds mono_occ_mask_s's threshold flips); on rows 1..H-2 at most MAX_FLIPS (x's border, a continuous
+#   threshold: none in tio_dinov2b);
 # * on rows 0 and H-1, where the depth differs, the flips are counted by direction and printed. They follow the
 #   depth's last bits, so no bound near MAX_FLIPS can hold there; they must not be one-sided (a two-sided binomial
 #   test at IN_VIEW_SIDED_P), which is what biased the whole-run Stereo_photo before the grid was PyTorch's;
