@@ -43,7 +43,7 @@ FINAL = {"depth,s": "depth", "disp,s": "disp", "rawdepth": "depth", "rawdisp": "
 # * fused_occ_color_s on every row, within its tolerance, and where our visibility is the reference's within
 #   mono_proj_img's.
 # in_view_decided() gives the pixels where the mask must be the reference's (rows 1..H-2 and bit-equal depth).
-IN_VIEW = EDGE_ROWS = ("edge_mask_s", "inv_edge_mask_s", "invalid_mask_s", "fused_occ_color_s")
+IN_VIEW = ("edge_mask_s", "inv_edge_mask_s", "invalid_mask_s", "fused_occ_color_s")
 EDGE_DEPTH = "mono_depth_0_s"
 IN_VIEW_SIDED_P = 1e-3
 # 0/1 maps thresholding continuous values: a few pixels may flip (fixtures README: about 0.1 %), counted on the
@@ -215,7 +215,7 @@ def binomial_two_sided(k: int, n: int) -> float:
 
 
 def in_view_decided(fs: FixtureSet, prefix: str, ours: dict) -> np.ndarray:
-    """(B, 1, H, W) bool: where the in-view mask must match the reference's (EDGE_ROWS)."""
+    """(B, 1, H, W) bool: where the in-view mask must match the reference's (IN_VIEW)."""
     depth, name = lookup(ours, EDGE_DEPTH), prefix + EDGE_DEPTH
     keep = depth == fs.whole(name) if fs.is_whole(name) else np.zeros(depth.shape, bool)
     keep[..., 1:-1, :] = True

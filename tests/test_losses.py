@@ -214,7 +214,7 @@ def test_stereo_photo_away_from_mask_flips(fs, computed):
     the occlusion and in-view masks): the remaining error is the loss's own.
 
     With invalid_mask_s stored whole the flips are known exactly. With it sampled, every pixel that may flip is
-    excluded instead: those where the in-view mask is not decided (tests.parity_tio.EDGE_ROWS) and those whose
+    excluded instead: those where the in-view mask is not decided (tests.parity_tio.IN_VIEW) and those whose
     occlusion value (from our stage-2 disparity) lies within OCC_MARGIN of the 0.8 threshold; every flip found on
     the stored samples must be one of those."""
     outs, batch, groups = computed
