@@ -1,8 +1,7 @@
 """TiO-Depth with a DINOv2 + DPT (Depth-Anything-V2) encoder, in JAX / Flax NNX."""
 
-from tiodepth_jax import host_malloc, xla_flags
+from tiodepth_jax import xla_flags
 
 __version__ = "0.1.0"
 
 xla_flags.apply_defaults()
-host_malloc.apply_policy()
