@@ -13,8 +13,10 @@ and reduction fusions to XLA's own kernels. XLA's default also hands YNNPACK
   PyTorch's 0.27 (0.15 CPU-s through Eigen, bit-identical);
 - fused element-wise and reduction chains, which it runs several times slower than XLA's loop kernels (the
   bilinear-sampling gradient of each of the 49 synthesis bins: 20 ms per bin).
-Training iteration at 252x840 on a 2-core CPU, paired with PyTorch's: epoch 1 0.92 -> 0.77 of PyTorch's time
-against ``-individual_convolution`` alone; epoch 31 0.95 of that setting's time.
+Training iteration at 252x840 on a 2-core CPU, steps alternated with PyTorch's: epoch 1 took 0.92 of
+PyTorch's time with ``-individual_convolution`` and 0.77 with this flag; epoch 31, 0.95 of its time with
+``-individual_convolution``. (Both with a malloc policy since removed; without it epoch 1 measured 0.80-0.82 and
+epoch 31 0.81 of PyTorch's time.)
 """
 
 import os
