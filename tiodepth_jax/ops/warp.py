@@ -102,20 +102,27 @@ def _bilinear_gather(x, sx, sy):
     south = 1 - north
     ix0, iy0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
     ix1, iy1 = ix0 + 1, iy0 + 1
-    return (_gather(x, iy0, ix0) * (south * east) + _gather(x, iy0, ix1) * (south * west)
-            + _gather(x, iy1, ix0) * (north * east) + _gather(x, iy1, ix1) * (north * west))
+    # the four taps nw, ne, sw, se in one gather: one kernel, and one scatter-add for the gradient
+    v = _gather(x, _stack_last(iy0, iy0, iy1, iy1), _stack_last(ix0, ix1, ix0, ix1))  # (B, Ho, Wo, 4, C)
+    return (v[..., 0, :] * (south * east) + v[..., 1, :] * (south * west)
+            + v[..., 2, :] * (north * east) + v[..., 3, :] * (north * west))
+
+
+def _stack_last(*arrays):
+    """``jnp.stack(arrays, axis=-1)`` as a concatenation (jax 0.10's ``stack`` has no ONNX lowering in jax2onnx)."""
+    return jnp.concatenate([a[..., None] for a in arrays], axis=-1)
 
 
 def _gather(x, iy, ix):
     """``x[b, iy, ix, :]`` per batch element, 0 where (iy, ix) is outside the image.
 
-    x: (B, H, W, C), iy, ix: (B, Ho, Wo) int32 -> (B, Ho, Wo, C).
+    x: (B, H, W, C), iy, ix: (B, ...) int32 -> (B, ..., C).
     """
     b, h, w, c = x.shape
     valid = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
     batch = jnp.arange(b, dtype=jnp.int32).reshape((b,) + (1,) * (iy.ndim - 1))
-    flat = jnp.where(valid, (batch * h + iy) * w + ix, 0)  # (B, Ho, Wo) rows of x.reshape(B*H*W, C)
+    flat = jnp.where(valid, (batch * h + iy) * w + ix, 0)  # (B, ...) rows of x.reshape(B*H*W, C)
     # for a constant grid, keeps XLA from evaluating the gather or its transposed scatter-add at compile time
     flat, valid = jax.lax.optimization_barrier((flat, valid))
-    values = jnp.take(x.reshape(b * h * w, c), flat, axis=0, mode="clip")  # (B, Ho, Wo, C)
+    values = jnp.take(x.reshape(b * h * w, c), flat, axis=0, mode="clip")  # (B, ..., C)
     return jnp.where(valid[..., None], values, 0)
