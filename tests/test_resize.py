@@ -184,10 +184,10 @@ def test_invalid_arguments_raise(fn, kwargs, match):
 def test_gradient_is_not_evaluated_at_compile_time(fn, kwargs):
     """The cotangent of sum(resize(x)) is a constant. Were the tables constants too, XLA would evaluate the
     transposed gathers, or part of them, while compiling (minutes for a (1, 252, 840, 49) volume) and embed the
-    result in the program: every constant left must be no larger than a table."""
+    result in the program: every constant left must be no larger than a table (an axis's indices of up to 4 taps)."""
     x = jax.ShapeDtypeStruct((1, 12, 20, 3), jnp.float32)
     compiled = jax.jit(jax.grad(lambda a: jnp.sum(fn(a, **kwargs)))).lower(x).compile()
-    longest_table = max(12, 20, *jax.eval_shape(functools.partial(fn, **kwargs), x).shape[1:3])
+    longest_table = 4 * max(12, 20, *jax.eval_shape(functools.partial(fn, **kwargs), x).shape[1:3])
     assert largest_constant(compiled) <= longest_table
 
 

@@ -16,7 +16,7 @@ The gradient of a gather is a scatter-add, as in PyTorch's backward kernels. Res
 only by the rounding of the weighted sums (PyTorch's compiler fuses some of them into FMAs): about one
 float32 ulp of the output.
 
-The tables reach XLA through an optimisation barrier, so that they are not compile-time constants. Where
+The taps of an axis are read by one gather. The tables reach XLA through an optimisation barrier, so that they are not compile-time constants. Where
 the data a gather reads is constant too, XLA would otherwise evaluate the gather, or its transposed
 scatter-add, while compiling (constant folding, in its HLO interpreter, at about a microsecond per
 element), and embed the result in the program. That happens to the gradient of any function linear in the
@@ -85,16 +85,18 @@ def pad_hw(x, mode):
     """``jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode)`` for 'reflect' (``nn.ReflectionPad2d(1)``) and 'edge'
     (``nn.ReplicationPad2d(1)``): (B, H, W, C) -> (B, H + 2, W + 2, C).
 
-    The same index-table gathers as the resizes (width, then height), with the source pixel of each padded
-    row and column from ``np.pad`` of the indices: exact copies, like ``jnp.pad``, whose concatenations
-    compile to kernels several times larger, and their gradients too.
+    One gather of pixels (rows of C values) with the source pixel of each padded pixel from ``np.pad`` of the
+    row and column indices: exact copies, like ``jnp.pad``, whose concatenations compile to kernels several
+    times larger, and their gradients too; the table passes an optimisation barrier (module docstring).
     """
     if mode not in _PAD_MODES:
         raise ValueError(f"mode must be one of {_PAD_MODES}, got {mode!r}")
-    for axis in (_W_AXIS, _H_AXIS):
-        source = np.pad(np.arange(x.shape[axis], dtype=np.int32), 1, mode=mode)
-        x = _apply_taps(x, axis, ((source, None),))
-    return x
+    b, h, w, c = x.shape
+    rows = np.pad(np.arange(h, dtype=np.int32), 1, mode=mode)
+    cols = np.pad(np.arange(w, dtype=np.int32), 1, mode=mode)
+    source = jax.lax.optimization_barrier(jnp.asarray((rows[:, None] * w + cols[None, :]).ravel()))
+    out = jnp.take(x.reshape(b, h * w, c), source, axis=1, mode="clip", indices_are_sorted=False)
+    return out.reshape(b, h + 2, w + 2, c)
 
 
 def _resample(x, size, scale_factor, taps_fn):
@@ -138,18 +140,21 @@ def _pair(value, name):
 def _apply_taps(x, axis, taps):
     """``sum_k take(x, idx_k, axis) * w_k`` summed left to right; ``w_k is None`` means a pure copy.
 
-    The tables pass through an optimisation barrier (see the module docstring).
+    All taps are read by one gather (one kernel, and one scatter-add for the gradient); the tables pass
+    through an optimisation barrier (see the module docstring).
     taps: tuple of (idx (n_out,) int32, w (n_out,) float32 or None); x: (B, H, W, C).
     """
     if taps is None:
         return x
     shape = [1] * x.ndim
     shape[axis] = -1
-    tables = jax.lax.optimization_barrier(
-        [(jnp.asarray(idx), None if w is None else jnp.asarray(w.reshape(shape), dtype=x.dtype)) for idx, w in taps])
+    index = np.stack([idx for idx, _ in taps], axis=-1)  # (n_out, taps)
+    index, weights = jax.lax.optimization_barrier(
+        (jnp.asarray(index), [None if w is None else jnp.asarray(w.reshape(shape), dtype=x.dtype) for _, w in taps]))
+    values = jnp.take(x, index, axis=axis, mode="clip")  # (..., n_out, taps, ...): the taps axis after `axis`
     out = None
-    for idx, w in tables:
-        term = jnp.take(x, idx, axis=axis, mode="clip", indices_are_sorted=True)
+    for k, w in enumerate(weights):
+        term = jax.lax.index_in_dim(values, k, axis=axis + 1, keepdims=False)
         if w is not None:
             term = term * w
         out = term if out is None else out + term
