@@ -8,6 +8,8 @@ gradient 1 strictly inside ``(0, size - 1)`` and 0 at or beyond the limits (PyTo
 ``clip_coordinates_set_grad`` treats the limits themselves as out of bounds).
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,27 +104,53 @@ def _bilinear_gather(x, sx, sy):
     south = 1 - north
     ix0, iy0 = x0.astype(jnp.int32), y0.astype(jnp.int32)
     ix1, iy1 = ix0 + 1, iy0 + 1
-    # the four taps nw, ne, sw, se in one gather: one kernel, and one scatter-add for the gradient
-    v = _gather(x, _stack_last(iy0, iy0, iy1, iy1), _stack_last(ix0, ix1, ix0, ix1))  # (B, Ho, Wo, 4, C)
-    return (v[..., 0, :] * (south * east) + v[..., 1, :] * (south * west)
-            + v[..., 2, :] * (north * east) + v[..., 3, :] * (north * west))
+    taps = [_tap_rows(x.shape, iy, ix) for iy, ix in ((iy0, ix0), (iy0, ix1), (iy1, ix0), (iy1, ix1))]
+    weights = (south * east, south * west, north * east, north * west)
+    return _weighted_taps(x, tuple(rows for rows, _ in taps), tuple(valid for _, valid in taps), weights)
 
 
-def _stack_last(*arrays):
-    """``jnp.stack(arrays, axis=-1)`` as a concatenation (jax 0.10's ``stack`` has no ONNX lowering in jax2onnx)."""
-    return jnp.concatenate([a[..., None] for a in arrays], axis=-1)
-
-
-def _gather(x, iy, ix):
-    """``x[b, iy, ix, :]`` per batch element, 0 where (iy, ix) is outside the image.
-
-    x: (B, H, W, C), iy, ix: (B, ...) int32 -> (B, ..., C).
-    """
-    b, h, w, c = x.shape
+def _tap_rows(shape, iy, ix):
+    """The row of ``x.reshape(B * H * W, C)`` holding ``x[b, iy, ix]`` (0 where outside the image) and whether
+    it is inside. shape: x's (B, H, W, C); iy, ix: (B, Ho, Wo) int32 -> rows int32, valid bool, (B, Ho, Wo)."""
+    b, h, w, _ = shape
     valid = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
     batch = jnp.arange(b, dtype=jnp.int32).reshape((b,) + (1,) * (iy.ndim - 1))
-    flat = jnp.where(valid, (batch * h + iy) * w + ix, 0)  # (B, ...) rows of x.reshape(B*H*W, C)
+    rows = jnp.where(valid, (batch * h + iy) * w + ix, 0)
     # for a constant grid, keeps XLA from evaluating the gather or its transposed scatter-add at compile time
-    flat, valid = jax.lax.optimization_barrier((flat, valid))
-    values = jnp.take(x.reshape(b * h * w, c), flat, axis=0, mode="clip")  # (B, ..., C)
-    return jnp.where(valid[..., None], values, 0)
+    return jax.lax.optimization_barrier((rows, valid))
+
+
+@jax.custom_vjp
+def _weighted_taps(x, rows, valid, weights):
+    """``sum_k x[rows_k] * weights_k`` over the taps, left to right; an invalid tap reads 0.
+
+    The forward reads each tap with its own gather, which XLA fuses into the sum; the gradient with respect to
+    x adds all taps' contributions with one scatter-add (one kernel instead of one per tap).
+    x: (B, H, W, C); rows, valid: K x (B, Ho, Wo); weights: K x (B, Ho, Wo, 1) -> (B, Ho, Wo, C).
+    """
+    return _weighted_taps_fwd(x, rows, valid, weights)[0]
+
+
+def _weighted_taps_fwd(x, rows, valid, weights):
+    table = x.reshape(-1, x.shape[-1])
+    values = [jnp.where(v[..., None], jnp.take(table, r, axis=0, mode="clip"), 0) for r, v in zip(rows, valid)]
+    out = values[0] * weights[0]
+    for v, w in zip(values[1:], weights[1:]):
+        out = out + v * w
+    return out, (x.shape, rows, valid, weights, values)
+
+
+def _weighted_taps_bwd(res, ct):
+    shape, rows, valid, weights, values = res
+    d_weights = tuple(jnp.sum(ct * v, axis=-1, keepdims=True) for v in values)
+    # the barrier keeps a constant grid's contributions (weights times a constant cotangent) from being folded
+    weights = jax.lax.optimization_barrier(weights)
+    contrib = jnp.concatenate([jnp.where(v[..., None], ct * w, 0)[..., None, :] for v, w in zip(valid, weights)],
+                              axis=-2)  # (B, Ho, Wo, K, C)
+    index = jnp.concatenate([r[..., None] for r in rows], axis=-1)  # (B, Ho, Wo, K)
+    table = jnp.zeros((math.prod(shape[:3]), shape[3]), ct.dtype)
+    d_x = table.at[index.reshape(-1)].add(contrib.reshape(-1, shape[3]), mode="promise_in_bounds")
+    return d_x.reshape(shape), None, None, d_weights
+
+
+_weighted_taps.defvjp(_weighted_taps_fwd, _weighted_taps_bwd)
