@@ -16,12 +16,12 @@ The gradient of a gather is a scatter-add, as in PyTorch's backward kernels. Res
 only by the rounding of the weighted sums (PyTorch's compiler fuses some of them into FMAs): about one
 float32 ulp of the output.
 
-The taps of an axis are read by one gather. The tables reach XLA through an optimisation barrier, so that they are not compile-time constants. Where
-the data a gather reads is constant too, XLA would otherwise evaluate the gather, or its transposed
-scatter-add, while compiling (constant folding, in its HLO interpreter, at about a microsecond per
-element), and embed the result in the program. That happens to the gradient of any function linear in the
-resize's output, e.g. ``jax.grad(lambda x: jnp.sum(resize(x)))``, whose cotangent is a constant: the
-scatter-add over a (1, 252, 840, 49) volume then took minutes to compile and became a 41 MB constant. A
+The taps of an axis are read by one gather. The tables reach XLA through an optimisation barrier, so that they
+are not compile-time constants. Where the data a gather reads is constant too, XLA would otherwise evaluate
+the gather, or its transposed scatter-add, while compiling (constant folding, in its HLO interpreter, at about
+a microsecond per element), and embed the result in the program. That happens to the gradient of any function
+linear in the resize's output, e.g. ``jax.grad(lambda x: jnp.sum(resize(x)))``, whose cotangent is a constant:
+the scatter-add over a (1, 252, 840, 49) volume then took minutes to compile and became a 41 MB constant. A
 dense interpolation matrix would not avoid it (XLA folds a dot of constants too) and adds the zero-weight
 terms named above; the barrier costs nothing at run time.
 """
@@ -95,7 +95,7 @@ def pad_hw(x, mode):
     rows = np.pad(np.arange(h, dtype=np.int32), 1, mode=mode)
     cols = np.pad(np.arange(w, dtype=np.int32), 1, mode=mode)
     source = jax.lax.optimization_barrier(jnp.asarray((rows[:, None] * w + cols[None, :]).ravel()))
-    out = jnp.take(x.reshape(b, h * w, c), source, axis=1, mode="clip", indices_are_sorted=False)
+    out = jnp.take(x.reshape(b, h * w, c), source, axis=1, mode="clip")
     return out.reshape(b, h + 2, w + 2, c)
 
 
