@@ -247,7 +247,7 @@ class DPDecoder(nnx.Module):
         names.append("midout_out")
         return names
 
-    def _skip_fusion(self, i, x, skip, *, train, with_mo, deltas, tag=""):
+    def _skip_fusion(self, i, x, skip, *, train, with_mo, deltas):
         """SDFA: align the upsampled decoder features and the encoder skip with predicted offsets."""
         enc = getattr(self, f"sdfa{i}_0")(skip)
         both = jnp.concatenate([x, enc], axis=-1)
@@ -256,8 +256,8 @@ class DPDecoder(nnx.Module):
             delta2, key = getattr(self, f"midout{i}")(both, train=train), f"delta_{i}-3"
         else:
             delta2, key = getattr(self, f"sdfa{i}_2")(both, train=train), f"delta_{i}-2"
-        deltas[f"delta_{i}-1{tag}"] = jax.lax.stop_gradient(delta1)
-        deltas[key + tag] = jax.lax.stop_gradient(delta2)
+        deltas[f"delta_{i}-1"] = jax.lax.stop_gradient(delta1)
+        deltas[key] = jax.lax.stop_gradient(delta2)
         return offset_warp(x, delta1) + offset_warp(enc, delta2)
 
     def mono(self, feats, image_hw: tuple[int, int], *, train: bool, with_mo: bool = False):
