@@ -191,6 +191,22 @@ def test_guard_nonfinite_returns_the_given_state():
         assert bool(jnp.all(new["params"] == 1)) == undo and float(new["batch_stats"][0]) == (0 if undo else 1)
 
 
+def test_guard_nonfinite_checks_what_the_step_changed():
+    """A non-finite state with a finite loss is caught and undone; a value the step passes through untouched
+    (a frozen parameter) is the given array and is not read."""
+    from tiodepth_jax.train.step import guard_nonfinite
+
+    def step(state, vgg_params, batch, lr_factors):
+        return {"frozen": state["frozen"], "stats": state["stats"] + batch["x"]}, {"loss": jnp.float32(1)}
+
+    state = {"frozen": jnp.full(2, np.nan), "stats": jnp.zeros(2)}
+    guarded = jax.jit(guard_nonfinite(step))
+    new, metrics = guarded(state, None, {"x": jnp.float32(1)}, {}, jnp.bool_(True))
+    assert bool(metrics["finite"]) and float(new["stats"][0]) == 1
+    new, metrics = guarded(state, None, {"x": jnp.float32(np.inf)}, {}, jnp.bool_(True))
+    assert not bool(metrics["finite"]) and float(new["stats"][0]) == 0
+
+
 def test_a_held_workdir_is_refused_naming_its_holder(tmp_path, compile_cache):
     from tiodepth_jax.train.lock import WorkdirLock
     workdir = tmp_path / "run"
