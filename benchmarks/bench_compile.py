@@ -4,11 +4,13 @@
     python -m benchmarks.bench_compile --workloads train-31 tio-refine
 
 Workloads: the training step of each active-group set (train-1, train-21, train-31: epochs 1, 21, 31 of the
-schedule, DINOv2-B at 252x840, batch 1, float32, built as in `bench_train`), Depth-Anything-V2 ViT-S at
+schedule, DINOv2-B at 252x840, batch 1, float32, built as in `bench_train`: the guarded program the training
+loop compiles), Depth-Anything-V2 ViT-S at
 518x518 (dav2-vits) and the TiO-Depth Mono / Stereo / Refine inference at 252x840 (tio-mono, tio-stereo,
 tio-refine: the forwards `predict` runs). Arguments are abstract (shapes only): nothing is initialised or run.
 The parts of the epoch-31 step can be compiled alone: train-31-stage1/2/3 (the loss and gradient of one stage,
-on the outputs of the stages before it) and train-31-updates (the three groups' optimiser updates).
+on the outputs of the stages before it) and train-31-updates (the three groups' optimiser updates; the guard's
+finiteness check and selects are in train-31 only).
 
 For each workload: `lower` = trace and lower to StableHLO (`jax.jit(f).lower(...)`), `compile` = XLA's
 compilation of that module (`.compile()`), each in wall seconds and in CPU seconds of this process (all
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from benchmarks.bench_train import TrainingSetup, training_setup, training_step
+from benchmarks.bench_train import UNDO, TrainingSetup, training_setup, training_step
 from tiodepth_jax.losses import TRAINING_LOSSES
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
 from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
@@ -77,7 +79,7 @@ def lowering(workload: str, size: tuple[int, int], dav2_size: int):
     if workload.startswith("train-"):
         setup = training_setup(size=size, abstract=True)
         step, factors, _ = training_step(setup, int(workload.split("-")[1]))
-        return lambda: step.lower(setup.state, setup.vgg_params, setup.batch, factors)
+        return lambda: step.lower(setup.state, setup.vgg_params, setup.batch, factors, UNDO)
     if workload == "dav2-vits":
         model = nnx.eval_shape(lambda: DepthAnythingV2(DepthAnythingV2Config.preset("vits"), rngs=nnx.Rngs(0)))
         predictor = DepthPredictor(model)

@@ -6,7 +6,8 @@
 
 Random weights (encoder, decoder, VGG19) and a generated stereo batch at the crop size; the frozen
 encoder (or, with --train-encoder, a trained one: only then does --remat change anything) and the three
-per-group Adam states of the seed config. Prints, per epoch (the workload `train_epoch<N>`), the compile time
+per-group Adam states of the seed config. The iteration is the program the training loop compiles: the step of
+the active groups inside `guard_nonfinite`, with `undo` an argument. Prints, per epoch (the workload `train_epoch<N>`), the compile time
 (AOT), the compiled program's temporary memory, the median and mean seconds per iteration over `--iters` timed
 iterations after `--warmup` untimed ones, images/s (stereo pairs: batch / median) and, on GPUs, the process's
 peak device memory; `--json FILE` appends the records (benchmarks/report.py). `--depth N` keeps only N DINOv2
@@ -21,6 +22,7 @@ import typing
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from benchmarks import harness
@@ -31,7 +33,7 @@ from tiodepth_jax.models.dinov2 import RematPolicy
 from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
 from tiodepth_jax.models.vgg import VGG19Config, VGG19Features
 from tiodepth_jax.train.optim import active_groups, lr_factors, optimizer
-from tiodepth_jax.train.step import init_state, make_step
+from tiodepth_jax.train.step import guard_nonfinite, init_state, make_step
 
 
 @dataclasses.dataclass
@@ -78,11 +80,15 @@ def training_setup(variant: str = "vitb", size=(252, 840), batch: int = 1, dtype
                          {k: as_input(v) for k, v in arrays.items()})
 
 
+UNDO = np.bool_(True)  # the step's `undo` argument (optim.skip_nonfinite > 0); both values run one program
+
+
 def training_step(setup: TrainingSetup, epoch: int):
-    """(jitted step of the groups active at `epoch`, the groups' learning-rate factors, the active names)."""
+    """(the jitted iteration of the groups active at `epoch` as the training loop builds it, called as
+    step(state, vgg_params, batch, lr_factors, undo); the groups' learning-rate factors; the active names)."""
     active = active_groups(setup.groups, epoch)
-    step = jax.jit(make_step(setup.graphdef, setup.vgg_graphdef, setup.groups, active, TRAINING_LOSSES,
-                             setup.cfg.frozen, setup.tx), donate_argnums=(0,))
+    step = jax.jit(guard_nonfinite(make_step(setup.graphdef, setup.vgg_graphdef, setup.groups, active,
+                                             TRAINING_LOSSES, setup.cfg.frozen, setup.tx)), donate_argnums=(0,))
     return step, lr_factors(setup.groups, epoch), active
 
 
@@ -109,13 +115,13 @@ def main(argv=None):
     state = setup.state
     for epoch in args.epochs:
         step, factors, active = training_step(setup, epoch)
-        compiled, compile_s = harness.aot_compile(step, state, setup.vgg_params, setup.batch, factors)
+        compiled, compile_s = harness.aot_compile(step, state, setup.vgg_params, setup.batch, factors, UNDO)
         temp = compiled.memory_analysis().temp_size_in_bytes / 2**30
         metrics = None
 
         def call():  # one iteration; the state it donates is replaced by the one it returns
             nonlocal state, metrics
-            state, metrics = compiled(state, setup.vgg_params, setup.batch, factors)
+            state, metrics = compiled(state, setup.vgg_params, setup.batch, factors, UNDO)
             return state, metrics
 
         times = harness.time_calls(call, iters=args.iters, warmup=args.warmup)
