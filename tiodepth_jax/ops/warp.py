@@ -8,6 +8,7 @@ gradient 1 strictly inside ``(0, size - 1)`` and 0 at or beyond the limits (PyTo
 ``clip_coordinates_set_grad`` treats the limits themselves as out of bounds).
 """
 
+import functools
 import math
 
 import jax
@@ -19,6 +20,9 @@ from .resize import fma_float32
 _PADDING_MODES = ("zeros", "border")
 
 
+# jitted: the training step calls it ~40 times on a few shapes, and each distinct call is then traced, differentiated
+# and lowered once (the epoch-31 step lowers in 0.6 s less); XLA inlines it, so the compiled kernels are unchanged
+@functools.partial(jax.jit, static_argnames=("padding_mode", "align_corners"))
 def grid_sample(x, grid, *, padding_mode="zeros", align_corners=False):
     """``F.grid_sample(x, grid, mode='bilinear', padding_mode=padding_mode, align_corners=align_corners)``.
 
