@@ -4,13 +4,12 @@
     python -m benchmarks.bench_compile --workloads train-31 tio-refine
 
 Workloads: the training step of each active-group set (train-1, train-21, train-31: epochs 1, 21, 31 of the
-schedule, DINOv2-B at 252x840, batch 1, float32, built as in `bench_train`: the guarded program the training
-loop compiles), Depth-Anything-V2 ViT-S at
-518x518 (dav2-vits) and the TiO-Depth Mono / Stereo / Refine inference at 252x840 (tio-mono, tio-stereo,
-tio-refine: the forwards `predict` runs). Arguments are abstract (shapes only): nothing is initialised or run.
-The parts of the epoch-31 step can be compiled alone: train-31-stage1/2/3 (the loss and gradient of one stage,
-on the outputs of the stages before it) and train-31-updates (the three groups' optimiser updates; the guard's
-finiteness check and selects are in train-31 only).
+schedule, DINOv2-B at 252x840, batch 1, float32, built as in `bench_train`: the guarded program the training loop
+compiles), Depth-Anything-V2 ViT-S at 518x518 (dav2-vits) and the TiO-Depth Mono / Stereo / Refine inference at
+252x840 (tio-mono, tio-stereo, tio-refine: the forwards `predict` runs). Arguments are abstract (shapes only):
+nothing is initialised or run. The parts of the epoch-31 step can be compiled alone: train-31-stage1/2/3 (the
+loss and gradient of one stage, on the outputs of the stages before it) and train-31-updates (the three groups'
+optimiser updates; the guard's finiteness check and selects are in train-31 only).
 
 For each workload: `lower` = trace and lower to StableHLO (`jax.jit(f).lower(...)`), `compile` = XLA's
 compilation of that module (`.compile()`), each in wall seconds and in CPU seconds of this process (all

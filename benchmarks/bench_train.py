@@ -4,10 +4,10 @@
     python -m benchmarks.bench_train --batch 8 --dtype bfloat16 --iters 5
     python -m benchmarks.bench_train --train-encoder --remat dots_with_no_batch_dims_saveable
 
-Random weights (encoder, decoder, VGG19) and a generated stereo batch at the crop size; the frozen
-encoder (or, with --train-encoder, a trained one: only then does --remat change anything) and the three
-per-group Adam states of the seed config. The iteration is the program the training loop compiles: the step of
-the active groups inside `guard_nonfinite`, with `undo` an argument. Prints, per epoch (the workload `train_epoch<N>`), the compile time
+Random weights (encoder, decoder, VGG19) and a generated stereo batch at the crop size; the frozen encoder (or,
+with --train-encoder, a trained one: only then does --remat change anything) and the three per-group Adam states
+of the seed config. The iteration is the program the training loop compiles: the step of the active groups inside
+`guard_nonfinite`, with `undo` an argument. Prints, per epoch (the workload `train_epoch<N>`), the compile time
 (AOT), the compiled program's temporary memory, the median and mean seconds per iteration over `--iters` timed
 iterations after `--warmup` untimed ones, images/s (stereo pairs: batch / median) and, on GPUs, the process's
 peak device memory; `--json FILE` appends the records (benchmarks/report.py). `--depth N` keeps only N DINOv2
