@@ -94,8 +94,8 @@ def guard_nonfinite(step: Callable) -> Callable:
     that nothing non-finite ever enters the state.
 
     Values the step passes through untouched (frozen parameters, the moments of groups not active yet) are the
-    given state's own arrays: they are neither checked nor selected, which keeps a frozen encoder's 86M
-    weights out of every iteration and the compiled program several hundred kernels smaller."""
+    given state's own arrays: they are neither checked nor selected, which keeps the frozen encoder's weights
+    (95M of the 129M values at epoch 31) out of every iteration and 74 kernels out of the epoch-31 program."""
     def guarded(state: dict, vgg_params, batch: dict, lr_factors: dict, undo: jax.Array):
         new, metrics = step(state, vgg_params, batch, lr_factors)
         changed = [n for n, o in zip(jax.tree.leaves(new), jax.tree.leaves(state)) if n is not o]
