@@ -121,3 +121,61 @@ def test_overrides_anywhere_on_the_command_line():
     from tiodepth_jax.train.__main__ import parse_args
     args = parse_args(["--config", "c.yaml", "epochs=1", "--resume", "batch_size=2"])
     assert args.resume and args.overrides == ["epochs=1", "batch_size=2"]
+
+
+@pytest.fixture
+def jax_cache_settings():
+    """JAX's compilation-cache settings as they were before the test, and its cache reopened with them."""
+    import jax
+    from jax.experimental.compilation_cache import compilation_cache
+    keys = ("jax_compilation_cache_dir", "jax_enable_compilation_cache", "jax_persistent_cache_min_compile_time_secs")
+    saved = {k: getattr(jax.config, k) for k in keys}
+    yield
+    for k, v in saved.items():
+        jax.config.update(k, v)
+    compilation_cache.reset_cache()
+
+
+def test_compile_cache_keeps_the_programs_of_a_run(tmp_path, jax_cache_settings):
+    """`compile_cache`: true puts JAX's persistent cache in the workdir (a program compiled there is loaded from it
+    after the in-memory caches are gone), or keeps the process's own directory; a directory is used as given;
+    false turns the cache off."""
+    import jax
+    import jax.numpy as jnp
+    from tiodepth_jax.config import ConfigError, load_config
+    from tiodepth_jax.train.loop import use_compile_cache
+
+    def cfg(*overrides):
+        return load_config(REPO / "configs" / "demo.yaml", [f"workdir={tmp_path / 'run'}", *overrides])
+
+    hits = []
+
+    def on_event(event, **kwargs):
+        if event == "/jax/compilation_cache/cache_hits":
+            hits.append(event)
+
+    jax.monitoring.register_event_listener(on_event)
+    jax.config.update("jax_compilation_cache_dir", None)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # JAX keeps programs of >= 1 s otherwise
+    cache = tmp_path / "run" / "compile_cache"
+    assert use_compile_cache(cfg()) == str(cache) and jax.config.jax_enable_compilation_cache
+
+    def program(x):
+        return jnp.cumsum(jnp.sin(x) * 1.2345)
+
+    x = np.ones(7, np.float32)
+    jax.jit(program)(x).block_until_ready()
+    assert [p.name.split("-")[0] for p in cache.iterdir()] == ["jit_program"] and not hits
+    jax.clear_caches()
+    jax.jit(program)(x).block_until_ready()
+    jax.monitoring.unregister_event_listener(on_event)
+    assert hits == ["/jax/compilation_cache/cache_hits"]  # loaded, not compiled
+
+    own = str(tmp_path / "own")
+    jax.config.update("jax_compilation_cache_dir", own)
+    assert use_compile_cache(cfg()) == own
+    shared = tmp_path / "shared"
+    assert use_compile_cache(cfg(f"compile_cache={shared}")) == str(shared) == jax.config.jax_compilation_cache_dir
+    assert use_compile_cache(cfg("compile_cache=false")) is None and not jax.config.jax_enable_compilation_cache
+    with pytest.raises(ConfigError, match="compile_cache"):
+        cfg("compile_cache=''")

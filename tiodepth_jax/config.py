@@ -358,6 +358,10 @@ class TrainConfig:
     logging: LogConfig = dataclasses.field(default_factory=LogConfig)
     # {param_groupK: {term name: term} or [terms]} for tiodepth_jax.losses; None = its TRAINING_LOSSES (spec §5.6)
     losses: dict | None = dataclasses.field(default=None, hash=False)
+    # JAX's persistent compilation cache, so that a resumed or repeated run loads its compiled programs instead of
+    # compiling them again: true = <workdir>/compile_cache (JAX_COMPILATION_CACHE_DIR instead, where set), a
+    # directory (which runs may share), or false = off
+    compile_cache: bool | str = True
 
     def __post_init__(self):
         if not self.workdir:
@@ -366,6 +370,8 @@ class TrainConfig:
             _fail("epochs", f"must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             _fail("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.compile_cache == "":
+            _fail("compile_cache", "must be true, false or a directory, got an empty string")
         _multiple_of_patch("model.image_size", self.model.image_size)
         if self.data.crop_size is not None and tuple(self.data.crop_size) != tuple(self.model.image_size):
             _fail("data.crop_size", f"{list(self.data.crop_size)} must equal model.image_size "
@@ -426,6 +432,16 @@ class TrainConfig:
     @property
     def checkpoint_dir(self) -> str:
         return self.checkpoint.dir if self.checkpoint.dir is not None else str(Path(self.workdir) / "checkpoints")
+
+    @property
+    def compile_cache_dir(self) -> str | None:
+        """The directory `compile_cache` names: None when off, <workdir>/compile_cache for true (the training loop
+        keeps JAX_COMPILATION_CACHE_DIR instead where it is set)."""
+        if self.compile_cache is False:
+            return None
+        if self.compile_cache is True:
+            return str(Path(self.workdir) / "compile_cache")
+        return str(Path(self.compile_cache).expanduser())
 
     @property
     def log_dir(self) -> str:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental.compilation_cache import compilation_cache
 from tqdm import tqdm
 
 from tiodepth_jax.checkpoint import BEST_KEY, load_model
@@ -199,6 +200,22 @@ def image_inputs(batch: dict) -> dict:
     return {k: batch[k][:1] for k in ("color_s", "color_o", "direct")}
 
 
+def use_compile_cache(cfg: TrainConfig) -> str | None:
+    """Point JAX's persistent compilation cache at the directory of `cfg.compile_cache` (with true, the process's
+    own JAX_COMPILATION_CACHE_DIR where it has one), or turn it off; the directory in use, or None. JAX keeps
+    the programs that took a second or more to compile (jax_persistent_cache_min_compile_time_secs), keyed by the
+    program, the XLA flags and the JAX version, so a changed model or flag compiles afresh."""
+    own = jax.config.jax_compilation_cache_dir
+    directory = own if cfg.compile_cache is True and own else cfg.compile_cache_dir
+    if (own, jax.config.jax_enable_compilation_cache) != (directory, directory is not None):
+        jax.config.update("jax_enable_compilation_cache", directory is not None)
+        if directory is not None:
+            compilation_cache.set_cache_dir(directory)
+        compilation_cache.reset_cache()  # JAX opens its cache once, at the first compile that uses it
+    log.info(f"compilation cache: {directory or 'off'}")
+    return directory
+
+
 class Trainer:
     """A training run of `cfg`. Everything that can fail on the user's input (data, checkpoints to start
     from, mesh, a workdir held by another run) is checked before anything is written: a failing `Trainer(cfg)`
@@ -222,6 +239,7 @@ class Trainer:
             self.workdir.mkdir(parents=True, exist_ok=True)  # manager, which removes unfinished saves it finds
             self.lock.acquire()
         try:
+            self.compile_cache = use_compile_cache(cfg)
             self._build_state()
         except BaseException:
             self.lock.release()
