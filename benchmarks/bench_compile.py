@@ -13,8 +13,9 @@ optimiser updates; the guard's finiteness check and selects are in train-31 only
 
 For each workload: `lower` = trace and lower to StableHLO (`jax.jit(f).lower(...)`), `compile` = XLA's
 compilation of that module (`.compile()`), each in wall seconds and in CPU seconds of this process (all
-threads), which depend less on other work on the machine. The persistent compilation cache is off. Prints
-the load average, a table, then one JSON line per workload.
+threads), which depend less on other work on the machine. The persistent compilation cache is off, unless
+`--cache DIR` names one (as the training loop's `compile_cache` does): run twice, the second run's `compile` is
+the load of the stored programs. Prints the load average, a table, then one JSON line per workload.
 """
 
 from __future__ import annotations
@@ -112,8 +113,11 @@ def main(argv=None):
     ap.add_argument("--size", type=int, nargs=2, default=(252, 840), metavar=("H", "W"),
                     help="training and TiO-Depth inference size (default 252 840)")
     ap.add_argument("--dav2-size", type=int, default=518)
+    ap.add_argument("--cache", metavar="DIR", help="JAX's persistent compilation cache directory (default: off)")
     args = ap.parse_args(argv)
-    jax.config.update("jax_enable_compilation_cache", False)
+    jax.config.update("jax_enable_compilation_cache", args.cache is not None)
+    if args.cache is not None:
+        jax.config.update("jax_compilation_cache_dir", args.cache)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)
