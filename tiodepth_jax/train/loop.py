@@ -239,7 +239,7 @@ class Trainer:
             self.workdir.mkdir(parents=True, exist_ok=True)  # manager, which removes unfinished saves it finds
             self.lock.acquire()
         try:
-            self.compile_cache = use_compile_cache(cfg)
+            use_compile_cache(cfg)
             self._build_state()
         except BaseException:
             self.lock.release()
