@@ -154,21 +154,22 @@ def test_compile_cache_keeps_the_programs_of_a_run(tmp_path, jax_cache_settings)
         if event == "/jax/compilation_cache/cache_hits":
             hits.append(event)
 
-    jax.monitoring.register_event_listener(on_event)
+    def program(x):
+        return jnp.cumsum(jnp.sin(x) * 1.2345)
+
     jax.config.update("jax_compilation_cache_dir", None)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # JAX keeps programs of >= 1 s otherwise
     cache = tmp_path / "run" / "compile_cache"
     assert use_compile_cache(cfg()) == str(cache) and jax.config.jax_enable_compilation_cache
-
-    def program(x):
-        return jnp.cumsum(jnp.sin(x) * 1.2345)
-
     x = np.ones(7, np.float32)
-    jax.jit(program)(x).block_until_ready()
-    assert [p.name.split("-")[0] for p in cache.iterdir()] == ["jit_program"] and not hits
-    jax.clear_caches()
-    jax.jit(program)(x).block_until_ready()
-    jax.monitoring.unregister_event_listener(on_event)
+    jax.monitoring.register_event_listener(on_event)
+    try:
+        jax.jit(program)(x).block_until_ready()
+        assert [p.name.split("-")[0] for p in cache.iterdir()] == ["jit_program"] and not hits
+        jax.clear_caches()
+        jax.jit(program)(x).block_until_ready()
+    finally:
+        jax.monitoring.unregister_event_listener(on_event)
     assert hits == ["/jax/compilation_cache/cache_hits"]  # loaded, not compiled
 
     own = str(tmp_path / "own")
