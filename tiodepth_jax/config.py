@@ -435,13 +435,12 @@ class TrainConfig:
 
     @property
     def compile_cache_dir(self) -> str | None:
-        """The directory `compile_cache` names: None when off, <workdir>/compile_cache for true (the training loop
-        keeps JAX_COMPILATION_CACHE_DIR instead where it is set)."""
+        """The absolute directory `compile_cache` names: None when off, <workdir>/compile_cache for true (the training
+        loop keeps JAX_COMPILATION_CACHE_DIR instead where it is set)."""
         if self.compile_cache is False:
             return None
-        if self.compile_cache is True:
-            return str(Path(self.workdir) / "compile_cache")
-        return str(Path(self.compile_cache).expanduser())
+        directory = Path(self.workdir) / "compile_cache" if self.compile_cache is True else Path(self.compile_cache)
+        return str(directory.expanduser().absolute())  # JAX keeps it for the process, whatever its working directory
 
     @property
     def log_dir(self) -> str:
