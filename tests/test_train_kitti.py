@@ -10,7 +10,7 @@ import pytest
 from tiodepth_jax.checkpoint import BEST_KEY, run_manager
 from tiodepth_jax.config import load_config
 from tiodepth_jax.data import builders, fake_kitti
-from tiodepth_jax.train.loop import Trainer, val_batches, val_set
+from tiodepth_jax.train.loop import Trainer, compile_cache_settings, val_batches, val_set
 from tests.test_summary import _read_records
 from tests.test_train import REPO, TINY
 
@@ -43,13 +43,18 @@ def test_val_batches_resize_inputs_and_keep_native_gt(tmp_path, kitti_data_dir):
 
 
 def test_one_epoch_on_kitti_records_with_eigen_validation(tmp_path, kitti_data_dir):
-    """Also: training images every logging.image_every_n_steps steps, and checkpoints ranked by
-    checkpoint.best_metric (a1: higher is better, so the stored score is -a1)."""
+    """Also: training images every logging.image_every_n_steps steps, checkpoints ranked by
+    checkpoint.best_metric (a1: higher is better, so the stored score is -a1), and the run's compilation cache
+    in use from the Trainer's start to its end, the process's own settings back after it."""
+    programs = tmp_path / "programs"
     cfg = kitti_config(tmp_path, kitti_data_dir, "logging.image_every_n_steps=2", "checkpoint.keep_best=true",
-                       "checkpoint.best_metric=a1", "checkpoint.async_save=false")
+                       "checkpoint.best_metric=a1", "checkpoint.async_save=false", f"compile_cache={programs}")
+    process_cache = compile_cache_settings()
     trainer = Trainer(cfg)
+    assert compile_cache_settings() == (str(programs), True)
     assert len(trainer.train_ds) == 10  # 6 "l" lines + 4 "r" lines (even frames)
     result = trainer.run()
+    assert compile_cache_settings() == process_cache
     losses = [json.loads(ln) for ln in (tmp_path / "losses.jsonl").read_text().splitlines()]
     assert [r["step"] for r in losses] == [1, 2, 3, 4, 5]  # 10 samples, batch 2
     assert all(np.isfinite(r["loss"]) for r in losses)

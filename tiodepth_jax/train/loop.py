@@ -200,6 +200,20 @@ def image_inputs(batch: dict) -> dict:
     return {k: batch[k][:1] for k in ("color_s", "color_o", "direct")}
 
 
+def compile_cache_settings() -> tuple[str | None, bool]:
+    """The process's persistent compilation cache: (directory, enabled)."""
+    return jax.config.jax_compilation_cache_dir, jax.config.jax_enable_compilation_cache
+
+
+def set_compile_cache(directory: str | None, enabled: bool) -> None:
+    """Set the process's persistent compilation cache; JAX opens its cache once, at the first compile that uses
+    it, so a change reopens it."""
+    if compile_cache_settings() != (directory, enabled):
+        jax.config.update("jax_compilation_cache_dir", directory)
+        jax.config.update("jax_enable_compilation_cache", enabled)
+        compilation_cache.reset_cache()
+
+
 def use_compile_cache(cfg: TrainConfig) -> str | None:
     """Point JAX's persistent compilation cache at the directory of `cfg.compile_cache` (with true, the process's
     own JAX_COMPILATION_CACHE_DIR where it has one), or turn it off; the directory in use, or None. JAX keeps
@@ -207,11 +221,7 @@ def use_compile_cache(cfg: TrainConfig) -> str | None:
     program, the XLA flags and the JAX version, so a changed model or flag compiles afresh."""
     own = jax.config.jax_compilation_cache_dir
     directory = own if cfg.compile_cache is True and own else cfg.compile_cache_dir
-    if (own, jax.config.jax_enable_compilation_cache) != (directory, directory is not None):
-        jax.config.update("jax_enable_compilation_cache", directory is not None)
-        if directory is not None:
-            compilation_cache.set_cache_dir(directory)
-        compilation_cache.reset_cache()  # JAX opens its cache once, at the first compile that uses it
+    set_compile_cache(directory or own, directory is not None)
     log.info(f"compilation cache: {directory or 'off'}")
     return directory
 
@@ -238,10 +248,12 @@ class Trainer:
         if jax.process_index() == 0:  # a second run is refused before any work, and before the checkpoint
             self.workdir.mkdir(parents=True, exist_ok=True)  # manager, which removes unfinished saves it finds
             self.lock.acquire()
+        self._process_cache = compile_cache_settings()  # the process's own, back when the run closes
         try:
             use_compile_cache(cfg)
             self._build_state()
         except BaseException:
+            set_compile_cache(*self._process_cache)
             self.lock.release()
             if created and jax.process_index() == 0:
                 shutil.rmtree(self.workdir)
@@ -449,6 +461,7 @@ class Trainer:
             self.checkpoints.close()
             self.writer.close()
         finally:
+            set_compile_cache(*self._process_cache)
             self.lock.release()
 
     def _save(self, epoch: int, step_in_epoch: int, global_step: int, metrics: dict, data_state: dict | None,
