@@ -34,6 +34,7 @@ from tiodepth_jax.losses import TRAINING_LOSSES
 from tiodepth_jax.models.depth_anything_v2 import DepthAnythingV2, DepthAnythingV2Config
 from tiodepth_jax.models.tiodepth import TiODepth, TiODepthConfig
 from tiodepth_jax.predict import DepthPredictor, TiODepthPredictor
+from tiodepth_jax.train.loop import set_compile_cache
 from tiodepth_jax.train.optim import active_groups, apply_update, group_filter, lr_factors, lr_tree
 from tiodepth_jax.train.step import stage_loss
 
@@ -115,9 +116,7 @@ def main(argv=None):
     ap.add_argument("--dav2-size", type=int, default=518)
     ap.add_argument("--cache", metavar="DIR", help="JAX's persistent compilation cache directory (default: off)")
     args = ap.parse_args(argv)
-    jax.config.update("jax_enable_compilation_cache", args.cache is not None)
-    if args.cache is not None:
-        jax.config.update("jax_compilation_cache_dir", args.cache)
+    set_compile_cache(args.cache, args.cache is not None)
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.default_backend()}), "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)

@@ -127,13 +127,11 @@ def test_overrides_anywhere_on_the_command_line():
 def jax_cache_settings():
     """JAX's compilation-cache settings as they were before the test, and its cache reopened with them."""
     import jax
-    from jax.experimental.compilation_cache import compilation_cache
-    keys = ("jax_compilation_cache_dir", "jax_enable_compilation_cache", "jax_persistent_cache_min_compile_time_secs")
-    saved = {k: getattr(jax.config, k) for k in keys}
+    from tiodepth_jax.train.loop import compile_cache_settings, set_compile_cache
+    saved, min_compile_time = compile_cache_settings(), jax.config.jax_persistent_cache_min_compile_time_secs
     yield
-    for k, v in saved.items():
-        jax.config.update(k, v)
-    compilation_cache.reset_cache()
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time)
+    set_compile_cache(*saved)
 
 
 def test_compile_cache_keeps_the_programs_of_a_run(tmp_path, jax_cache_settings):

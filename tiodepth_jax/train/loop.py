@@ -219,7 +219,7 @@ def use_compile_cache(cfg: TrainConfig) -> str | None:
     own JAX_COMPILATION_CACHE_DIR where it has one), or turn it off; the directory in use, or None. JAX keeps
     the programs that took a second or more to compile (jax_persistent_cache_min_compile_time_secs), keyed by the
     program, the XLA flags and the JAX version, so a changed model or flag compiles afresh."""
-    own = jax.config.jax_compilation_cache_dir
+    own, _ = compile_cache_settings()
     directory = own if cfg.compile_cache is True and own else cfg.compile_cache_dir
     set_compile_cache(directory or own, directory is not None)
     log.info(f"compilation cache: {directory or 'off'}")
