@@ -155,13 +155,24 @@ class SELayer(nnx.Module):
     """Squeeze-and-excitation, reduction 16: x * sigmoid(fc2(relu(fc1(mean_hw(x)))))."""
 
     def __init__(self, c: int, *, dtype, rngs: nnx.Rngs, reduction: int = 16):
-        p = matmul_precision(dtype)
-        self.fc1 = nnx.Linear(c, c // reduction, use_bias=False, dtype=dtype, precision=p, rngs=rngs)
-        self.fc2 = nnx.Linear(c // reduction, c, use_bias=False, dtype=dtype, precision=p, rngs=rngs)
+        # the Linear layers hold the weights (the original's names); __call__ applies them with _tiny_dense
+        self.fc1 = nnx.Linear(c, c // reduction, use_bias=False, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(c // reduction, c, use_bias=False, dtype=dtype, rngs=rngs)
 
     def __call__(self, x):
-        s = jax.nn.sigmoid(self.fc2(jax.nn.relu(self.fc1(jnp.mean(x, axis=(1, 2))))))  # (B, C)
+        s = jnp.mean(x, axis=(1, 2))  # (B, C)
+        s = jax.nn.sigmoid(_tiny_dense(jax.nn.relu(_tiny_dense(s, self.fc1.kernel[...])), self.fc2.kernel[...]))
         return x * s[:, None, None, :]
+
+
+def _tiny_dense(x, kernel):
+    """x @ kernel for the SE layer's (B, C) x (C, C') products, as a broadcast product summed over C.
+
+    Written as a dot, the weight gradient is a dot contracting the batch axis, which XLA:CPU emits as a fully
+    unrolled loop kernel (336 kB of LLVM IR for 256 x 16): the epoch-31 training step lowered and compiled in
+    3 s less this way (36.9 against 39.9 s, median of 3 alternated, 2-core CPU) at the same iteration time.
+    """
+    return jnp.sum(x[:, :, None] * kernel.astype(x.dtype), axis=1)
 
 
 class MFM(nnx.Module):
